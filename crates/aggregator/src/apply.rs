@@ -1,0 +1,559 @@
+//! Applying a batch of events to the daily rows, in one transaction, idempotently.
+//!
+//! The rows are a function of the set of distinct events (`events.md`), kept exact by storing, per
+//! metrics table, the state each rule needs:
+//!
+//! - `runs`: the counted event of each `run_id`. When several events name one run, the earliest
+//!   (then by source, then id) counts, whatever order they arrive in; a late but earlier one
+//!   takes the run's place and the days move their counts accordingly.
+//! - `sessions`: each session's earliest event time (its day) and the event its type comes from
+//!   (the earliest `session.created`, else the earliest run; ties go to the lower type).
+//! - `day_users`: each day's distinct user ids (`""` for events naming none, so that a day with
+//!   events always has a row).
+//!
+//! A batch reads the stored state of the keys it names, folds its events over that state in
+//! memory (noting which changed anything), and writes back the changed records and the new day
+//! rows. All of it happens under a transaction-level advisory lock per metrics table: every
+//! event of a day updates that day's row, so concurrent writers would queue on that row anyway;
+//! the lock makes the queue explicit, ordered and free of deadlocks, and lets each statement see
+//! the previous writer's committed state without `FOR UPDATE` or retries.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Integer, Timestamptz};
+use diesel::upsert::excluded;
+use metrics_events::{Event, EventKind, SessionType};
+
+use crate::error::ApplyError;
+use crate::models::{
+    DailyMetrics, DayUser, ModelCount, RunRecord, SessionRecord, StoredSessionType,
+};
+use crate::schema::{daily_metrics, day_users, runs, sessions};
+use crate::tables::TableId;
+
+/// The first key of the advisory lock that serialises writers of a metrics table ("metr" as
+/// ASCII); the second is the table's id.
+pub(crate) const APPLY_LOCK_CLASS: i32 = 0x6d65_7472;
+
+/// Rows per multi-row statement: far below PostgreSQL's 65,535 bind parameters even for the
+/// widest table.
+const CHUNK_ROWS: usize = 1000;
+
+/// What applying did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The event changed what is counted.
+    Counted,
+    /// Everything it says was already counted: a redelivery, a re-sent run, or a later event of
+    /// a session already counted on an earlier day by a user already seen that day.
+    Duplicate,
+}
+
+/// The outcome of [`apply`]: one [`EventOutcome`] per event, in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The outcome of each event.
+    pub outcomes: Vec<EventOutcome>,
+}
+
+impl ApplyReport {
+    /// How many events changed what is counted.
+    pub fn counted(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|outcome| **outcome == EventOutcome::Counted)
+            .count()
+    }
+
+    /// How many events changed nothing.
+    pub fn duplicates(&self) -> usize {
+        self.outcomes.len() - self.counted()
+    }
+}
+
+/// Applies `events` to metrics table `table` in one transaction.
+///
+/// Applying any events again, in any order or grouping, changes nothing; several callers may
+/// apply at once.
+///
+/// # Errors
+///
+/// [`ApplyError`]; nothing was written. [`ApplyError::is_transient`] says whether to retry.
+pub fn apply(
+    conn: &mut PgConnection,
+    table: TableId,
+    events: &[Event],
+) -> Result<ApplyReport, ApplyError> {
+    if events.is_empty() {
+        return Ok(ApplyReport::default());
+    }
+    conn.transaction(|conn| apply_in_transaction(conn, table, events))
+}
+
+#[derive(QueryableByName)]
+struct LockedAt {
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
+}
+
+/// Takes the table's writer lock for the rest of the transaction and returns the transaction's
+/// time, which stamps the rows it changes.
+pub(crate) fn lock_table(conn: &mut PgConnection, table: TableId) -> QueryResult<DateTime<Utc>> {
+    diesel::sql_query("SELECT now() AS now FROM pg_advisory_xact_lock($1, $2)")
+        .bind::<Integer, _>(APPLY_LOCK_CLASS)
+        .bind::<Integer, _>(table.0)
+        .get_result::<LockedAt>(conn)
+        .map(|locked| locked.now)
+}
+
+fn apply_in_transaction(
+    conn: &mut PgConnection,
+    table: TableId,
+    events: &[Event],
+) -> Result<ApplyReport, ApplyError> {
+    let now = lock_table(conn, table)?;
+
+    let mut run_ids: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::RunCompleted(run) => Some(run.run_id.as_str()),
+            EventKind::SessionCreated(_) => None,
+        })
+        .collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    let stored_runs: Vec<RunRecord> = runs::table
+        .filter(runs::table_id.eq(table.0))
+        .filter(runs::run_id.eq_any(&run_ids))
+        .select(RunRecord::as_select())
+        .load(conn)?;
+
+    let mut session_ids: Vec<&str> = events.iter().map(Event::session_id).collect();
+    session_ids.sort_unstable();
+    session_ids.dedup();
+    let stored_sessions: Vec<SessionRecord> = sessions::table
+        .filter(sessions::table_id.eq(table.0))
+        .filter(sessions::session_id.eq_any(&session_ids))
+        .select(SessionRecord::as_select())
+        .load(conn)?;
+
+    let mut users: Vec<DayUser> = events.iter().map(|event| day_user(table, event)).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut new_users = HashSet::new();
+    for chunk in users.chunks(CHUNK_ROWS) {
+        new_users.extend(
+            diesel::insert_into(day_users::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .returning((day_users::table_id, day_users::date, day_users::user_id))
+                .get_results::<DayUser>(conn)?,
+        );
+    }
+
+    let mut plan = Plan::new(table, stored_runs, stored_sessions, new_users);
+    let outcomes = events.iter().map(|event| plan.observe(event)).collect();
+
+    let days: Vec<NaiveDate> = plan.days.keys().copied().collect();
+    let mut stored_days: HashMap<NaiveDate, DailyMetrics> = daily_metrics::table
+        .filter(daily_metrics::table_id.eq(table.0))
+        .filter(daily_metrics::date.eq_any(&days))
+        .select(DailyMetrics::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|row| (row.date, row))
+        .collect();
+    let mut rows = Vec::with_capacity(plan.days.len());
+    for (date, delta) in &plan.days {
+        if let Some(row) = delta.next_row(table, *date, stored_days.remove(date), now)? {
+            rows.push(row);
+        }
+    }
+
+    write_runs(conn, &plan.changed_runs())?;
+    write_sessions(conn, &plan.changed_sessions())?;
+    write_days(conn, &rows)?;
+    Ok(ApplyReport { outcomes })
+}
+
+fn day_user(table: TableId, event: &Event) -> DayUser {
+    DayUser {
+        table_id: table.0,
+        date: event.date(),
+        user_id: event.user_id().unwrap_or_default().to_owned(),
+    }
+}
+
+fn write_runs(conn: &mut PgConnection, records: &[&RunRecord]) -> QueryResult<()> {
+    for chunk in records.chunks(CHUNK_ROWS) {
+        diesel::insert_into(runs::table)
+            .values(chunk.to_vec())
+            .on_conflict((runs::table_id, runs::run_id))
+            .do_update()
+            .set((
+                runs::date.eq(excluded(runs::date)),
+                runs::time.eq(excluded(runs::time)),
+                runs::source.eq(excluded(runs::source)),
+                runs::event_id.eq(excluded(runs::event_id)),
+                runs::session_id.eq(excluded(runs::session_id)),
+                runs::session_type.eq(excluded(runs::session_type)),
+                runs::model.eq(excluded(runs::model)),
+                runs::model_provider.eq(excluded(runs::model_provider)),
+                runs::input_tokens.eq(excluded(runs::input_tokens)),
+                runs::output_tokens.eq(excluded(runs::output_tokens)),
+                runs::total_tokens.eq(excluded(runs::total_tokens)),
+                runs::audio_tokens.eq(excluded(runs::audio_tokens)),
+                runs::input_audio_tokens.eq(excluded(runs::input_audio_tokens)),
+                runs::output_audio_tokens.eq(excluded(runs::output_audio_tokens)),
+                runs::cached_tokens.eq(excluded(runs::cached_tokens)),
+                runs::cache_write_tokens.eq(excluded(runs::cache_write_tokens)),
+                runs::reasoning_tokens.eq(excluded(runs::reasoning_tokens)),
+                runs::cost.eq(excluded(runs::cost)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+fn write_sessions(conn: &mut PgConnection, records: &[&SessionRecord]) -> QueryResult<()> {
+    for chunk in records.chunks(CHUNK_ROWS) {
+        diesel::insert_into(sessions::table)
+            .values(chunk.to_vec())
+            .on_conflict((sessions::table_id, sessions::session_id))
+            .do_update()
+            .set((
+                sessions::date.eq(excluded(sessions::date)),
+                sessions::first_time.eq(excluded(sessions::first_time)),
+                sessions::session_type.eq(excluded(sessions::session_type)),
+                sessions::type_from_run.eq(excluded(sessions::type_from_run)),
+                sessions::type_time.eq(excluded(sessions::type_time)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Writes whole day rows; a stored row keeps its `id` and `created_at`.
+pub(crate) fn write_days(conn: &mut PgConnection, rows: &[DailyMetrics]) -> QueryResult<()> {
+    use crate::schema::daily_metrics::dsl::*;
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        diesel::insert_into(daily_metrics)
+            .values(chunk)
+            .on_conflict((table_id, date))
+            .do_update()
+            .set((
+                agent_runs_count.eq(excluded(agent_runs_count)),
+                agent_sessions_count.eq(excluded(agent_sessions_count)),
+                team_runs_count.eq(excluded(team_runs_count)),
+                team_sessions_count.eq(excluded(team_sessions_count)),
+                workflow_runs_count.eq(excluded(workflow_runs_count)),
+                workflow_sessions_count.eq(excluded(workflow_sessions_count)),
+                users_count.eq(excluded(users_count)),
+                input_tokens.eq(excluded(input_tokens)),
+                output_tokens.eq(excluded(output_tokens)),
+                total_tokens.eq(excluded(total_tokens)),
+                audio_tokens.eq(excluded(audio_tokens)),
+                input_audio_tokens.eq(excluded(input_audio_tokens)),
+                output_audio_tokens.eq(excluded(output_audio_tokens)),
+                cached_tokens.eq(excluded(cached_tokens)),
+                cache_write_tokens.eq(excluded(cache_write_tokens)),
+                reasoning_tokens.eq(excluded(reasoning_tokens)),
+                cost.eq(excluded(cost)),
+                model_metrics.eq(excluded(model_metrics)),
+                updated_at.eq(excluded(updated_at)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The in-memory fold of a batch over the stored state of the keys it names.
+struct Plan {
+    table: TableId,
+    runs: HashMap<String, (RunRecord, bool)>,
+    sessions: HashMap<String, (SessionRecord, bool)>,
+    new_users: HashSet<DayUser>,
+    days: BTreeMap<NaiveDate, DayDelta>,
+}
+
+impl Plan {
+    fn new(
+        table: TableId,
+        runs: Vec<RunRecord>,
+        sessions: Vec<SessionRecord>,
+        new_users: HashSet<DayUser>,
+    ) -> Self {
+        Self {
+            table,
+            runs: runs
+                .into_iter()
+                .map(|run| (run.run_id.clone(), (run, false)))
+                .collect(),
+            sessions: sessions
+                .into_iter()
+                .map(|session| (session.session_id.clone(), (session, false)))
+                .collect(),
+            new_users,
+            days: BTreeMap::new(),
+        }
+    }
+
+    /// Folds one event into the state and the day deltas.
+    fn observe(&mut self, event: &Event) -> EventOutcome {
+        let mut counted = false;
+        if let EventKind::RunCompleted(run) = &event.kind {
+            let candidate = RunRecord {
+                table_id: self.table.0,
+                run_id: run.run_id.clone(),
+                date: event.date(),
+                time: event.time,
+                source: event.source.clone(),
+                event_id: event.id.clone(),
+                session_id: run.session_id.clone(),
+                session_type: StoredSessionType(run.session_type),
+                model: run.model.clone(),
+                model_provider: run
+                    .model
+                    .as_ref()
+                    .map(|_| run.model_provider.clone().unwrap_or_default()),
+                input_tokens: run.usage.input_tokens,
+                output_tokens: run.usage.output_tokens,
+                total_tokens: run.usage.total_tokens,
+                audio_tokens: run.usage.audio_tokens,
+                input_audio_tokens: run.usage.input_audio_tokens,
+                output_audio_tokens: run.usage.output_audio_tokens,
+                cached_tokens: run.usage.cached_tokens,
+                cache_write_tokens: run.usage.cache_write_tokens,
+                reasoning_tokens: run.usage.reasoning_tokens,
+                cost: run.usage.cost.clone(),
+            };
+            counted |= self.observe_run(candidate);
+        }
+        counted |= self.observe_session(event);
+        let user = day_user(self.table, event);
+        if self.new_users.remove(&user) {
+            let delta = self.days.entry(user.date).or_default();
+            if !user.user_id.is_empty() {
+                delta.users += 1;
+            }
+            counted = true;
+        }
+        if counted {
+            EventOutcome::Counted
+        } else {
+            EventOutcome::Duplicate
+        }
+    }
+
+    fn observe_run(&mut self, candidate: RunRecord) -> bool {
+        match self.runs.get_mut(&candidate.run_id) {
+            Some((stored, _)) if stored.precedence() <= candidate.precedence() => false,
+            Some((stored, dirty)) => {
+                let replaced = std::mem::replace(stored, candidate);
+                *dirty = true;
+                let current = stored.clone();
+                self.add_run(&replaced, -1);
+                self.add_run(&current, 1);
+                true
+            }
+            None => {
+                self.add_run(&candidate, 1);
+                self.runs
+                    .insert(candidate.run_id.clone(), (candidate, true));
+                true
+            }
+        }
+    }
+
+    fn add_run(&mut self, run: &RunRecord, sign: i64) {
+        let delta = self.days.entry(run.date).or_default();
+        delta.runs[type_index(run.session_type.0)] += sign;
+        for (sum, count) in delta.tokens.iter_mut().zip(run.tokens()) {
+            *sum += i128::from(sign) * i128::from(count);
+        }
+        if sign > 0 {
+            delta.cost += &run.cost;
+        } else {
+            delta.cost -= &run.cost;
+        }
+        if let Some(model) = &run.model {
+            let provider = run.model_provider.clone().unwrap_or_default();
+            *delta.models.entry((model.clone(), provider)).or_default() += sign;
+        }
+    }
+
+    fn observe_session(&mut self, event: &Event) -> bool {
+        let type_from_run = matches!(event.kind, EventKind::RunCompleted(_));
+        let observed = SessionRecord {
+            table_id: self.table.0,
+            session_id: event.session_id().to_owned(),
+            date: event.date(),
+            first_time: event.time,
+            session_type: StoredSessionType(event.session_type()),
+            type_from_run,
+            type_time: event.time,
+        };
+        match self.sessions.get_mut(event.session_id()) {
+            None => {
+                self.add_session(&observed, 1);
+                self.sessions
+                    .insert(observed.session_id.clone(), (observed, true));
+                true
+            }
+            Some((stored, dirty)) => {
+                let merged = merge_session(stored, &observed);
+                if merged == *stored {
+                    return false;
+                }
+                let previous = std::mem::replace(stored, merged);
+                *dirty = true;
+                let current = stored.clone();
+                if (previous.date, previous.session_type) != (current.date, current.session_type) {
+                    self.add_session(&previous, -1);
+                    self.add_session(&current, 1);
+                }
+                true
+            }
+        }
+    }
+
+    fn add_session(&mut self, session: &SessionRecord, sign: i64) {
+        self.days.entry(session.date).or_default().sessions[type_index(session.session_type.0)] +=
+            sign;
+    }
+
+    fn changed_runs(&self) -> Vec<&RunRecord> {
+        let mut changed: Vec<&RunRecord> = self
+            .runs
+            .values()
+            .filter(|(_, dirty)| *dirty)
+            .map(|(run, _)| run)
+            .collect();
+        changed.sort_unstable_by(|a, b| a.run_id.cmp(&b.run_id));
+        changed
+    }
+
+    fn changed_sessions(&self) -> Vec<&SessionRecord> {
+        let mut changed: Vec<&SessionRecord> = self
+            .sessions
+            .values()
+            .filter(|(_, dirty)| *dirty)
+            .map(|(session, _)| session)
+            .collect();
+        changed.sort_unstable_by(|a, b| a.session_id.cmp(&b.session_id));
+        changed
+    }
+}
+
+/// The state of a session after also seeing `observed`: the earliest time overall, and the type
+/// of the earliest `session.created` (else of the earliest run), ties to the lower type.
+fn merge_session(stored: &SessionRecord, observed: &SessionRecord) -> SessionRecord {
+    let first_time = stored.first_time.min(observed.first_time);
+    let type_key = |s: &SessionRecord| (s.type_from_run, s.type_time, s.session_type.0);
+    let typed_by = if type_key(observed) < type_key(stored) {
+        observed
+    } else {
+        stored
+    };
+    SessionRecord {
+        table_id: stored.table_id,
+        session_id: stored.session_id.clone(),
+        date: first_time.date_naive(),
+        first_time,
+        session_type: typed_by.session_type,
+        type_from_run: typed_by.type_from_run,
+        type_time: typed_by.type_time,
+    }
+}
+
+fn type_index(session_type: SessionType) -> usize {
+    match session_type {
+        SessionType::Agent => 0,
+        SessionType::Team => 1,
+        SessionType::Workflow => 2,
+    }
+}
+
+/// What a batch changes on one day.
+#[derive(Debug, Default)]
+struct DayDelta {
+    runs: [i64; 3],
+    sessions: [i64; 3],
+    users: i64,
+    tokens: [i128; 9],
+    cost: BigDecimal,
+    models: BTreeMap<(String, String), i64>,
+}
+
+impl DayDelta {
+    /// The day's row after this delta, or `None` when a stored row does not change.
+    fn next_row(
+        &self,
+        table: TableId,
+        date: NaiveDate,
+        stored: Option<DailyMetrics>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DailyMetrics>, ApplyError> {
+        let overflow = || ApplyError::Overflow { date };
+        let is_new = stored.is_none();
+        let mut row = stored.unwrap_or_else(|| DailyMetrics::empty(table.0, date, now));
+        let before = row.clone();
+        for (session_type, (runs, sessions)) in SessionType::ALL
+            .into_iter()
+            .zip(self.runs.iter().zip(&self.sessions))
+        {
+            *row.runs_count_mut(session_type) += runs;
+            *row.sessions_count_mut(session_type) += sessions;
+        }
+        row.users_count += self.users;
+        for (sum, delta) in row.tokens_mut().into_iter().zip(self.tokens) {
+            *sum = i64::try_from(i128::from(*sum) + delta).map_err(|_| overflow())?;
+        }
+        row.cost += &self.cost;
+        if !self.models.is_empty() {
+            row.model_metrics = merge_models(&row.model_metrics, &self.models);
+        }
+        if !is_new && row == before {
+            return Ok(None);
+        }
+        row.updated_at = now;
+        Ok(Some(row))
+    }
+}
+
+/// Adds per-(model, provider) deltas to a stored `model_metrics` list and renders it in the
+/// contract's order: count descending, then model id and provider in byte order (the order the
+/// rebuild's `COLLATE "C"` produces).
+fn merge_models(
+    stored: &serde_json::Value,
+    deltas: &BTreeMap<(String, String), i64>,
+) -> serde_json::Value {
+    let mut counts: BTreeMap<(String, String), i64> =
+        serde_json::from_value::<Vec<ModelCount>>(stored.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|model| ((model.model_id, model.model_provider), model.count))
+            .collect();
+    for (key, delta) in deltas {
+        *counts.entry(key.clone()).or_default() += delta;
+    }
+    let mut models: Vec<ModelCount> = counts
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|((model_id, model_provider), count)| ModelCount {
+            model_id,
+            model_provider,
+            count,
+        })
+        .collect();
+    models.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.model_id.cmp(&b.model_id))
+            .then_with(|| a.model_provider.cmp(&b.model_provider))
+    });
+    serde_json::to_value(models).unwrap_or_default()
+}

@@ -1,0 +1,35 @@
+//! The AgentOS Metrics aggregator: turns decoded events into exact daily metric rows in
+//! PostgreSQL, idempotently, and reads them back for `GET /metrics`.
+//!
+//! - [`migrate`] applies the embedded migrations under an advisory lock.
+//! - [`connect`] builds a connection pool.
+//! - [`register_table`] and [`TableName`] name the metrics table a deployment writes.
+//! - [`apply`] rolls a batch of events into the rows in one transaction; the rows depend only on
+//!   the set of distinct events, never on their order, timing or repetition.
+//! - [`read`] returns a table's rows for a date range, with the table-wide latest change.
+//! - [`rebuild`] recomputes a date range from the stored per-run, per-session and per-user-day
+//!   records, keeping each day's row id.
+//!
+//! All functions take a synchronous diesel [`PgConnection`](diesel::PgConnection): services call
+//! them inside `spawn_blocking`. Synchronous diesel keeps every transaction a plain scope that
+//! either commits or rolls back; an async transaction cancelled at an `.await` can leave its
+//! connection mid-transaction.
+
+mod apply;
+mod error;
+mod migrate;
+mod models;
+mod pool;
+mod read;
+mod rebuild;
+pub mod schema;
+mod tables;
+
+pub use apply::{ApplyReport, EventOutcome, apply};
+pub use error::{ApplyError, MigrateError, PoolError};
+pub use migrate::{migrate, revert_all};
+pub use models::{DailyMetrics, ModelCount};
+pub use pool::{Pool, PooledConnection, connect};
+pub use read::{DateRange, MetricsPage, read};
+pub use rebuild::{RebuildReport, rebuild};
+pub use tables::{InvalidTableName, TableId, TableName, register_table};

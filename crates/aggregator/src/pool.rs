@@ -1,0 +1,34 @@
+//! The r2d2 connection pool the services share between their blocking workers.
+
+use std::time::Duration;
+
+use diesel::PgConnection;
+use diesel::r2d2::ConnectionManager;
+
+use crate::error::PoolError;
+
+/// A pool of PostgreSQL connections.
+pub type Pool = diesel::r2d2::Pool<ConnectionManager<PgConnection>>;
+/// A connection checked out of a [`Pool`].
+pub type PooledConnection = diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>;
+
+/// Builds a pool of at most `max_size` connections to `url`, waiting at most `connect_timeout`
+/// for a connection when all are busy or the database is unreachable.
+///
+/// The pool starts empty and connects lazily, so a service can start (and report not ready)
+/// while the database is down.
+///
+/// # Errors
+///
+/// [`PoolError::ZeroSize`] when `max_size` is 0.
+pub fn connect(url: &str, max_size: u32, connect_timeout: Duration) -> Result<Pool, PoolError> {
+    if max_size == 0 {
+        return Err(PoolError::ZeroSize);
+    }
+    Ok(diesel::r2d2::Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(0))
+        .connection_timeout(connect_timeout)
+        .test_on_check_out(false)
+        .build_unchecked(ConnectionManager::<PgConnection>::new(url)))
+}

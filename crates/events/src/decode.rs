@@ -1,0 +1,531 @@
+//! Decoding message bodies into validated events, exactly as `events.md` says.
+//!
+//! A body is one CloudEvent (a JSON object) or a batch (a JSON array of them). Whole-message
+//! problems (too large, not JSON, neither an object nor an array, too many events) are a
+//! [`MessageError`]; a problem with one event is an [`EventError`] for that event alone, so the
+//! valid events of a batch still count. Every error names the event and the field and says what
+//! was wrong, because it travels to the producer in the dead-letter header.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::event::{
+    Event, EventKind, MAX_DATE, MIN_DATE, RUN_COMPLETED, RunCompleted, SESSION_CREATED,
+    SPEC_VERSION, SessionCreated, Usage,
+};
+use crate::wire::{RunCompletedData, RunMetrics, SessionCreatedData};
+
+/// The size limits of `events.md`; every one is configurable, these are the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest message body, in bytes (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// The most events in one batch message (default 1,000).
+    pub max_batch_events: usize,
+    /// The longest `id`, `session_id`, `run_id`, `parent_run_id`, `user_id`, `model` and
+    /// `model_provider`, in characters (default 256).
+    pub max_id_chars: usize,
+    /// The longest `source`, in characters (default 1,024).
+    pub max_source_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 1000,
+            max_id_chars: 256,
+            max_source_chars: 1024,
+        }
+    }
+}
+
+/// One decoded element of a message.
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every element is an event; boxing would allocate for each of them"
+)]
+pub enum Decoded {
+    /// An event that counts.
+    Event(Event),
+    /// A well-formed event of a type this version does not read: acknowledged and ignored.
+    Ignored(Ignored),
+}
+
+impl Decoded {
+    /// The event's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Decoded::Event(event) => &event.id,
+            Decoded::Ignored(ignored) => &ignored.id,
+        }
+    }
+}
+
+/// An event of a type this version does not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// Its `source`.
+    pub source: String,
+    /// Its `id`.
+    pub id: String,
+    /// Its `type`.
+    pub event_type: String,
+}
+
+/// A decoded message body: one element for a single event, one per element for a batch.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Whether the body was a batch (a JSON array).
+    pub is_batch: bool,
+    /// Each event, or why it was refused, in the order of the body.
+    pub events: Vec<Result<Decoded, EventError>>,
+}
+
+/// Why a whole message body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The body is larger than [`Limits::max_body_bytes`].
+    #[error("message body of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body is not JSON (or nests deeper than the parser allows).
+    #[error("message body is not valid JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// The body is JSON, but neither an event object nor a batch array.
+    #[error("message body is a JSON {found}, not an event object or a batch array")]
+    NotEventOrBatch {
+        /// What the body was instead (`string`, `number`, ...).
+        found: &'static str,
+    },
+    /// The batch holds more than [`Limits::max_batch_events`] events.
+    #[error("batch of {len} events is over the limit of {limit} events")]
+    BatchTooLarge {
+        /// How many events the batch holds.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Why one event was refused: which event, which field, what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct EventError {
+    /// The event's `id`, when it has a readable one.
+    pub event_id: Option<String>,
+    /// Its position in a batch.
+    pub index: Option<usize>,
+    /// The offending field as a dotted path (`data.metrics.input_tokens`), when one is at fault.
+    pub field: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// The longest stretch of an id quoted back in an error message.
+const QUOTED_ID_CHARS: usize = 64;
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(index) = self.index {
+            write!(f, "batch element {index}")?;
+        }
+        match (&self.event_id, self.index) {
+            (Some(id), Some(_)) => write!(f, " (event `{}`)", Quoted(id))?,
+            (Some(id), None) => write!(f, "event `{}`", Quoted(id))?,
+            (None, Some(_)) => {}
+            (None, None) => f.write_str("event")?,
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// An id shortened for quoting, so that a hostile id cannot blow up a log line or a header.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(QUOTED_ID_CHARS) {
+            Some((end, _)) => write!(f, "{}...", &self.0[..end]),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+/// Decodes a message body: one event or a batch of events.
+///
+/// # Errors
+///
+/// [`MessageError`] when the body as a whole is unusable; errors of single events are returned
+/// inside [`Message::events`].
+pub fn decode_message(body: &[u8], limits: &Limits) -> Result<Message, MessageError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(MessageError::TooLarge {
+            size: body.len(),
+            limit: limits.max_body_bytes,
+        });
+    }
+    let value: Value = serde_json::from_slice(body).map_err(MessageError::NotJson)?;
+    match value {
+        Value::Object(_) => Ok(Message {
+            is_batch: false,
+            events: vec![decode_event(value, None, limits)],
+        }),
+        Value::Array(items) => {
+            if items.len() > limits.max_batch_events {
+                return Err(MessageError::BatchTooLarge {
+                    len: items.len(),
+                    limit: limits.max_batch_events,
+                });
+            }
+            let events = items
+                .into_iter()
+                .enumerate()
+                .map(|(index, item)| decode_event(item, Some(index), limits))
+                .collect();
+            Ok(Message {
+                is_batch: true,
+                events,
+            })
+        }
+        other => Err(MessageError::NotEventOrBatch {
+            found: json_kind(&other),
+        }),
+    }
+}
+
+/// The CloudEvents attributes this contract reads, before the `type` is known.
+#[derive(Deserialize)]
+struct Envelope {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    time: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// Builds the errors of one event.
+struct Context {
+    event_id: Option<String>,
+    index: Option<usize>,
+}
+
+impl Context {
+    fn error(&self, field: Option<&str>, reason: impl Into<String>) -> EventError {
+        EventError {
+            event_id: self.event_id.clone(),
+            index: self.index,
+            field: field.map(str::to_owned),
+            reason: reason.into(),
+        }
+    }
+
+    fn field(&self, field: &str, reason: impl Into<String>) -> EventError {
+        self.error(Some(field), reason)
+    }
+
+    /// Deserialises `value` into `T`, naming the failing field below `prefix`.
+    fn deserialize<T: DeserializeOwned>(
+        &self,
+        prefix: Option<&str>,
+        value: Value,
+    ) -> Result<T, EventError> {
+        serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            let field = match (prefix, path.as_str()) {
+                (prefix, ".") => prefix.map(str::to_owned),
+                (Some(prefix), path) => Some(format!("{prefix}.{path}")),
+                (None, path) => Some(path.to_owned()),
+            };
+            self.error(field.as_deref(), err.into_inner().to_string())
+        })
+    }
+
+    fn string(&self, field: &str, value: &str, max_chars: usize) -> Result<(), EventError> {
+        if value.is_empty() {
+            return Err(self.field(field, "must not be empty"));
+        }
+        self.optional_string(field, value, max_chars)
+    }
+
+    fn optional_string(
+        &self,
+        field: &str,
+        value: &str,
+        max_chars: usize,
+    ) -> Result<(), EventError> {
+        // Count characters only as far as the limit: an id of a million characters costs no more
+        // to refuse than one just over.
+        if value.chars().nth(max_chars).is_some() {
+            return Err(self.field(
+                field,
+                format!("is longer than the limit of {max_chars} characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An optional string where empty means absent.
+    fn optional(
+        &self,
+        field: &str,
+        value: Option<String>,
+        max_chars: usize,
+    ) -> Result<Option<String>, EventError> {
+        match value {
+            Some(value) if !value.is_empty() => {
+                self.optional_string(field, &value, max_chars)?;
+                Ok(Some(value))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Decodes one event: `index` is its position in a batch.
+///
+/// # Errors
+///
+/// [`EventError`] naming the field at fault.
+pub fn decode_event(
+    value: Value,
+    index: Option<usize>,
+    limits: &Limits,
+) -> Result<Decoded, EventError> {
+    let mut cx = Context {
+        event_id: None,
+        index,
+    };
+    if !value.is_object() {
+        return Err(cx.error(
+            None,
+            format!("is a JSON {}, not an event object", json_kind(&value)),
+        ));
+    }
+    cx.event_id = value
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
+    let envelope: Envelope = cx.deserialize(None, value)?;
+
+    if envelope.specversion != SPEC_VERSION {
+        return Err(cx.field(
+            "specversion",
+            format!(
+                "`{}` is not supported (expected `{SPEC_VERSION}`)",
+                envelope.specversion
+            ),
+        ));
+    }
+    cx.string("id", &envelope.id, limits.max_id_chars)?;
+    cx.string("source", &envelope.source, limits.max_source_chars)?;
+    cx.string("type", &envelope.event_type, limits.max_source_chars)?;
+    let time = DateTime::parse_from_rfc3339(&envelope.time)
+        .map_err(|err| {
+            cx.field(
+                "time",
+                format!("is not an RFC 3339 timestamp with an offset ({err})"),
+            )
+        })?
+        .with_timezone(&Utc)
+        // PostgreSQL keeps microseconds; deciding ties on what is stored keeps replays exact.
+        .trunc_subsecs(6);
+    let date = time.date_naive();
+    if !(MIN_DATE..=MAX_DATE).contains(&date) {
+        return Err(cx.field(
+            "time",
+            format!("falls on {date} (UTC), outside {MIN_DATE} to {MAX_DATE}"),
+        ));
+    }
+
+    let event_type = envelope.event_type.as_str();
+    if event_type != SESSION_CREATED && event_type != RUN_COMPLETED {
+        return Ok(Decoded::Ignored(Ignored {
+            source: envelope.source,
+            id: envelope.id,
+            event_type: envelope.event_type,
+        }));
+    }
+    let data = match envelope.data {
+        Some(data @ Value::Object(_)) => data,
+        Some(other) => {
+            return Err(cx.field(
+                "data",
+                format!("is a JSON {}, not an object", json_kind(&other)),
+            ));
+        }
+        None => return Err(cx.field("data", "is required")),
+    };
+    let kind = if event_type == SESSION_CREATED {
+        EventKind::SessionCreated(session_created(
+            &cx,
+            cx.deserialize(Some("data"), data)?,
+            limits,
+        )?)
+    } else {
+        EventKind::RunCompleted(run_completed(
+            &cx,
+            cx.deserialize(Some("data"), data)?,
+            limits,
+        )?)
+    };
+    Ok(Decoded::Event(Event {
+        source: envelope.source,
+        id: envelope.id,
+        time,
+        kind,
+    }))
+}
+
+fn session_created(
+    cx: &Context,
+    data: SessionCreatedData,
+    limits: &Limits,
+) -> Result<SessionCreated, EventError> {
+    cx.string("data.session_id", &data.session_id, limits.max_id_chars)?;
+    Ok(SessionCreated {
+        session_id: data.session_id,
+        session_type: data.session_type,
+        user_id: cx.optional("data.user_id", data.user_id, limits.max_id_chars)?,
+    })
+}
+
+fn run_completed(
+    cx: &Context,
+    data: RunCompletedData,
+    limits: &Limits,
+) -> Result<RunCompleted, EventError> {
+    let max = limits.max_id_chars;
+    cx.string("data.run_id", &data.run_id, max)?;
+    cx.string("data.session_id", &data.session_id, max)?;
+    let model = cx.optional("data.model", data.model, max)?;
+    let model_id = cx.optional("data.model_id", data.model_id, max)?;
+    let model = match (model, model_id) {
+        (Some(model), Some(model_id)) if model != model_id => {
+            return Err(cx.field(
+                "data.model",
+                format!("`{model}` disagrees with its alias `model_id` (`{model_id}`)"),
+            ));
+        }
+        (model, model_id) => model.or(model_id),
+    };
+    Ok(RunCompleted {
+        run_id: data.run_id,
+        session_id: data.session_id,
+        session_type: data.session_type,
+        user_id: cx.optional("data.user_id", data.user_id, max)?,
+        parent_run_id: cx.optional("data.parent_run_id", data.parent_run_id, max)?,
+        model,
+        model_provider: cx.optional("data.model_provider", data.model_provider, max)?,
+        usage: usage(cx, data.metrics.unwrap_or_default())?,
+    })
+}
+
+fn usage(cx: &Context, metrics: RunMetrics) -> Result<Usage, EventError> {
+    // A count under a contract name and under its Agno alias must agree; either alone is taken.
+    let aliased = |name: &str, value: Option<u64>, alias: &str, alias_value: Option<u64>| match (
+        value,
+        alias_value,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(cx.field(
+            &format!("data.metrics.{name}"),
+            format!("{a} disagrees with its alias `{alias}` ({b})"),
+        )),
+        (value, alias_value) => count(cx, name, value.or(alias_value)),
+    };
+    let input_tokens = count(cx, "input_tokens", metrics.input_tokens)?;
+    let output_tokens = count(cx, "output_tokens", metrics.output_tokens)?;
+    let total_tokens = match metrics.total_tokens {
+        Some(total) => count(cx, "total_tokens", Some(total))?,
+        None => input_tokens.checked_add(output_tokens).ok_or_else(|| {
+            cx.field(
+                "data.metrics.total_tokens",
+                "input_tokens + output_tokens overflows a 64-bit count",
+            )
+        })?,
+    };
+    let cost = match metrics.cost {
+        None => BigDecimal::from(0),
+        Some(cost) if cost.is_finite() && cost >= 0.0 => {
+            // `Display` of an f64 is its shortest exact round-trip text, with no exponent.
+            BigDecimal::from_str(&cost.to_string())
+                .map_err(|err| cx.field("data.metrics.cost", format!("is not a number ({err})")))?
+        }
+        Some(cost) => {
+            return Err(cx.field(
+                "data.metrics.cost",
+                format!("{cost} is negative; a cost is a non-negative number"),
+            ));
+        }
+    };
+    Ok(Usage {
+        input_tokens,
+        output_tokens,
+        total_tokens,
+        audio_tokens: aliased(
+            "audio_tokens",
+            metrics.audio_tokens,
+            "audio_total_tokens",
+            metrics.audio_total_tokens,
+        )?,
+        input_audio_tokens: aliased(
+            "input_audio_tokens",
+            metrics.input_audio_tokens,
+            "audio_input_tokens",
+            metrics.audio_input_tokens,
+        )?,
+        output_audio_tokens: aliased(
+            "output_audio_tokens",
+            metrics.output_audio_tokens,
+            "audio_output_tokens",
+            metrics.audio_output_tokens,
+        )?,
+        cached_tokens: aliased(
+            "cached_tokens",
+            metrics.cached_tokens,
+            "cache_read_tokens",
+            metrics.cache_read_tokens,
+        )?,
+        cache_write_tokens: count(cx, "cache_write_tokens", metrics.cache_write_tokens)?,
+        reasoning_tokens: count(cx, "reasoning_tokens", metrics.reasoning_tokens)?,
+        cost,
+    })
+}
+
+/// A token count as stored (`bigint`): absent is 0.
+fn count(cx: &Context, name: &str, value: Option<u64>) -> Result<i64, EventError> {
+    i64::try_from(value.unwrap_or(0)).map_err(|_| {
+        cx.field(
+            &format!("data.metrics.{name}"),
+            format!("is over the largest count, {}", i64::MAX),
+        )
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

@@ -1,0 +1,10 @@
+//! Fixtures for the AgentOS Metrics tests. They always use the real services: a missing one
+//! fails the test with a message that says how to start it, never a silent skip.
+#![expect(
+    clippy::expect_used,
+    reason = "fixtures run only inside tests, where failing loudly is the point"
+)]
+
+mod database;
+
+pub use database::TestDatabase;
