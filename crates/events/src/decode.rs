@@ -373,6 +373,15 @@ pub fn decode_event(
         }
         None => return Err(cx.field("data", "is required")),
     };
+    // serde reads a struct from an array too (by position); the contract wants an object.
+    if let Some(metrics) = data.get("metrics")
+        && !(metrics.is_object() || metrics.is_null())
+    {
+        return Err(cx.field(
+            "data.metrics",
+            format!("is a JSON {}, not an object", json_kind(metrics)),
+        ));
+    }
     let kind = if event_type == SESSION_CREATED {
         EventKind::SessionCreated(session_created(
             &cx,

@@ -22,6 +22,7 @@ pub enum SpecVersion {
 
 /// The `type` of a session start.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "SessionCreated")]
 pub enum SessionCreatedType {
     /// `agentos.session.created`.
     #[serde(rename = "agentos.session.created")]
@@ -30,6 +31,7 @@ pub enum SessionCreatedType {
 
 /// The `type` of a finished run.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "RunCompleted")]
 pub enum RunCompletedType {
     /// `agentos.run.completed`.
     #[serde(rename = "agentos.run.completed")]
@@ -38,6 +40,7 @@ pub enum RunCompletedType {
 
 /// A CloudEvents 1.0 envelope (structured mode) carrying `data` of type `D`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "{T}Event")]
 pub struct CloudEvent<T, D> {
     /// Always `"1.0"`.
     pub specversion: SpecVersion,
