@@ -1,0 +1,160 @@
+//! [`ApiError`]: every error the API returns, rendered as the contract's
+//! `{"detail", "error_code"}` body. Client errors carry their detail; anything else is a 500
+//! with a generic detail, its cause logged once here and never sent to the client.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// The error of an API request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `BAD_REQUEST`: the request is well formed but makes no sense (a reversed range).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 `UNAUTHENTICATED`, with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// 404 `NOT_FOUND`: an unknown route, database or table.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `METHOD_NOT_ALLOWED`: the route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the route accepts, for the `Allow` header.
+        allow: &'static str,
+    },
+    /// 422 `VALIDATION_ERROR`: a parameter that does not parse.
+    #[error("{0}")]
+    Validation(String),
+    /// 500 `INTERNAL_SERVER_ERROR`: the database failed or did not answer in time.
+    #[error("reading metrics failed")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The contract's error body.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    detail: &'a str,
+    error_code: &'a str,
+}
+
+/// The detail of every 500: the cause stays in the log.
+pub const INTERNAL_DETAIL: &str = "Failed to retrieve metrics";
+
+impl ApiError {
+    /// The contract's `error_code` of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "BAD_REQUEST",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::Validation(_) => "VALIDATION_ERROR",
+            ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            ApiError::BadRequest(detail)
+            | ApiError::NotFound(detail)
+            | ApiError::Validation(detail) => detail,
+            ApiError::Unauthenticated(detail) => detail,
+            ApiError::MethodNotAllowed { .. } => "Method not allowed",
+            ApiError::Internal(_) => INTERNAL_DETAIL,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(cause) = self {
+            // The one place a 500 is logged: the chain goes to operators, never to clients.
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthenticated(_) => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody {
+            detail: self.detail(),
+            error_code: self.code(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    fn render(error: &ApiError) -> (StatusCode, String) {
+        let response = error.error_response();
+        let status = response.status();
+        let body = response.into_body().try_into_bytes().unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn each_error_maps_to_its_status_and_code() {
+        let cases = [
+            (
+                ApiError::BadRequest("b".into()),
+                400,
+                r#"{"detail":"b","error_code":"BAD_REQUEST"}"#,
+            ),
+            (
+                ApiError::Unauthenticated("u"),
+                401,
+                r#"{"detail":"u","error_code":"UNAUTHENTICATED"}"#,
+            ),
+            (
+                ApiError::NotFound("n".into()),
+                404,
+                r#"{"detail":"n","error_code":"NOT_FOUND"}"#,
+            ),
+            (
+                ApiError::MethodNotAllowed { allow: "GET" },
+                405,
+                r#"{"detail":"Method not allowed","error_code":"METHOD_NOT_ALLOWED"}"#,
+            ),
+            (
+                ApiError::Validation("v".into()),
+                422,
+                r#"{"detail":"v","error_code":"VALIDATION_ERROR"}"#,
+            ),
+            (
+                ApiError::Internal(anyhow::anyhow!("password=secret in the cause")),
+                500,
+                r#"{"detail":"Failed to retrieve metrics","error_code":"INTERNAL_SERVER_ERROR"}"#,
+            ),
+        ];
+        for (error, status, body) in cases {
+            assert_eq!(
+                render(&error),
+                (StatusCode::from_u16(status).unwrap(), body.to_owned())
+            );
+        }
+    }
+}

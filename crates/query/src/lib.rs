@@ -1,0 +1,25 @@
+//! `metrics-query`: the actix-web service that serves AgentOS's `GET /metrics` from the
+//! aggregator's daily rows, exactly as `metrics-openapi.yaml` and `metrics-api.md` say.
+//!
+//! - [`config`]: the typed, validated [`Settings`].
+//! - [`startup`]: [`Application::build`] binds the API and admin listeners,
+//!   [`Application::run_until_stopped`] serves and drains.
+//! - [`routes`]: `GET /metrics`, `GET /openapi.json`, and the 404 and 405 fallbacks.
+//! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
+//! - [`auth`]: the bearer key check.
+//! - [`admin`]: probes, Prometheus text, and the `healthcheck` client.
+//! - [`telemetry`]: the log subscriber and the metric definitions.
+//!
+//! The service only reads: it never migrates or writes the database.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use error::ApiError;
+pub use startup::Application;

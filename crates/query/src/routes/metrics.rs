@@ -1,0 +1,340 @@
+//! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`), and the
+//! response rendered straight from the aggregator's rows.
+//!
+//! The body is written by hand-rolled `Serialize` impls over [`DailyMetrics`]: no intermediate
+//! `serde_json::Value`, no per-request maps, one buffer sized up front. A 365-day page is a few
+//! hundred kilobytes and costs one pass.
+
+use std::fmt;
+
+use actix_web::http::header::ContentType;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bigdecimal::ToPrimitive;
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
+use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage};
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The query parameters of `GET /metrics`, as sent; unknown ones are ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct MetricsQuery {
+    /// First day, inclusive, `YYYY-MM-DD`.
+    pub starting_date: Option<String>,
+    /// Last day, inclusive, `YYYY-MM-DD`.
+    pub ending_date: Option<String>,
+    /// The configured database to read; the default one when absent.
+    pub db_id: Option<String>,
+    /// The metrics table of that database; its default table when absent.
+    pub table: Option<String>,
+}
+
+impl MetricsQuery {
+    /// Parses a raw query string.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::Validation`] when the string is not a valid form encoding (a repeated
+    /// parameter, invalid UTF-8).
+    pub fn parse(query: &str) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(query)
+            .map_err(|err| ApiError::Validation(format!("Invalid query string: {err}")))
+    }
+
+    /// The inclusive date range the parameters name.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::Validation`] naming a date that does not parse, [`ApiError::BadRequest`]
+    /// for a start after the end.
+    pub fn range(&self) -> Result<DateRange, ApiError> {
+        let start = self
+            .starting_date
+            .as_deref()
+            .map(|value| parse_date("starting_date", value))
+            .transpose()?;
+        let end = self
+            .ending_date
+            .as_deref()
+            .map(|value| parse_date("ending_date", value))
+            .transpose()?;
+        if let (Some(start), Some(end)) = (start, end)
+            && start > end
+        {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid date range: starting_date {start} is after ending_date {end}"
+            )));
+        }
+        Ok(DateRange { start, end })
+    }
+}
+
+/// Parses `YYYY-MM-DD`, also accepting that day's midnight (`YYYY-MM-DDT00:00:00`, optionally
+/// with zero fractions and `Z`), as Agno's own parameter parsing does; nothing else.
+fn parse_date(name: &str, value: &str) -> Result<NaiveDate, ApiError> {
+    let invalid = || {
+        ApiError::Validation(format!(
+            "Invalid {name}: expected a date in YYYY-MM-DD format"
+        ))
+    };
+    let (day, time) = value.split_at_checked(10).ok_or_else(invalid)?;
+    let bytes = day.as_bytes();
+    let shaped = bytes.iter().enumerate().all(|(index, byte)| match index {
+        4 | 7 => *byte == b'-',
+        _ => byte.is_ascii_digit(),
+    });
+    if !shaped || !is_midnight(time) {
+        return Err(invalid());
+    }
+    let number = |range: std::ops::Range<usize>| {
+        day.get(range)
+            .and_then(|digits| digits.parse::<u32>().ok())
+            .ok_or_else(invalid)
+    };
+    let year = i32::try_from(number(0..4)?).map_err(|_| invalid())?;
+    NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?).ok_or_else(invalid)
+}
+
+fn is_midnight(time: &str) -> bool {
+    let Some(rest) = time.strip_prefix("T00:00:00") else {
+        return time.is_empty();
+    };
+    let rest = rest.strip_suffix('Z').unwrap_or(rest);
+    match rest.strip_prefix('.') {
+        Some(fraction) => !fraction.is_empty() && fraction.bytes().all(|b| b == b'0'),
+        None => rest.is_empty(),
+    }
+}
+
+/// `GET /metrics` (and `/metrics/`).
+///
+/// # Errors
+///
+/// Any [`ApiError`]: 401 before anything else, then 422, 400, 404, and 500 when the database
+/// fails or does not answer within the request timeout.
+pub async fn get_metrics(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    auth::authenticate(&request, state.security_key.as_ref())?;
+    let query = MetricsQuery::parse(request.query_string())?;
+    let range = query.range()?;
+    let database = state.databases.find(query.db_id.as_deref())?;
+    let table = database.table(query.table.as_deref())?.clone();
+    let pool = database.pool.clone();
+    let timeout = state.request_timeout;
+    let read = web::block(move || -> anyhow::Result<Vec<u8>> {
+        let mut conn = pool.get()?;
+        let page = metrics_aggregator::read(&mut conn, table.as_str(), range)?;
+        Ok(render(&page)?)
+    });
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(Ok(body))) => body,
+        Ok(Ok(Err(err))) => return Err(ApiError::Internal(err.context("reading metrics"))),
+        Ok(Err(err)) => return Err(ApiError::Internal(anyhow::Error::new(err))),
+        Err(_) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the database did not answer within {} ms",
+                timeout.as_millis()
+            )));
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
+
+/// Renders a page as the contract's `MetricsResponse` JSON.
+///
+/// # Errors
+///
+/// Serialisation errors, which only a non-string map key in `model_metrics` could cause.
+pub fn render(page: &MetricsPage) -> serde_json::Result<Vec<u8>> {
+    // About 650 bytes per row with one model; one allocation for typical pages.
+    let mut body = Vec::with_capacity(64 + page.rows.len() * 720);
+    serde_json::to_writer(
+        &mut body,
+        &Response {
+            rows: &page.rows,
+            updated_at: page.updated_at,
+        },
+    )?;
+    Ok(body)
+}
+
+struct Response<'a> {
+    rows: &'a [DailyMetrics],
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl Serialize for Response<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut response = serializer.serialize_struct("MetricsResponse", 2)?;
+        response.serialize_field("metrics", &Rows(self.rows))?;
+        response.serialize_field("updated_at", &self.updated_at.map(Rfc3339))?;
+        response.end()
+    }
+}
+
+struct Rows<'a>(&'a [DailyMetrics]);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut rows = serializer.serialize_seq(Some(self.0.len()))?;
+        for row in self.0 {
+            rows.serialize_element(&Row(row))?;
+        }
+        rows.end()
+    }
+}
+
+/// One `DayAggregatedMetrics`, fields in the contract's order.
+struct Row<'a>(&'a DailyMetrics);
+
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let row = self.0;
+        let mut out = serializer.serialize_struct("DayAggregatedMetrics", 13)?;
+        out.serialize_field("id", &row.id)?;
+        out.serialize_field("agent_runs_count", &row.agent_runs_count)?;
+        out.serialize_field("agent_sessions_count", &row.agent_sessions_count)?;
+        out.serialize_field("team_runs_count", &row.team_runs_count)?;
+        out.serialize_field("team_sessions_count", &row.team_sessions_count)?;
+        out.serialize_field("workflow_runs_count", &row.workflow_runs_count)?;
+        out.serialize_field("workflow_sessions_count", &row.workflow_sessions_count)?;
+        out.serialize_field("users_count", &row.users_count)?;
+        out.serialize_field("token_metrics", &TokenMetrics(row))?;
+        // Stored by the aggregator already as `[{model_id, model_provider, count}]` in the
+        // contract's order.
+        out.serialize_field("model_metrics", &row.model_metrics)?;
+        out.serialize_field("date", &Day(row.date))?;
+        out.serialize_field("created_at", &row.created_at.timestamp())?;
+        out.serialize_field("updated_at", &row.updated_at.timestamp())?;
+        out.end()
+    }
+}
+
+/// The fourteen `token_metrics` keys of `metrics-api.md`: the contract's nine, Agno's four
+/// aliases, and `cost`.
+struct TokenMetrics<'a>(&'a DailyMetrics);
+
+impl Serialize for TokenMetrics<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let row = self.0;
+        let mut out = serializer.serialize_struct("TokenMetrics", 14)?;
+        out.serialize_field("input_tokens", &row.input_tokens)?;
+        out.serialize_field("output_tokens", &row.output_tokens)?;
+        out.serialize_field("total_tokens", &row.total_tokens)?;
+        out.serialize_field("audio_tokens", &row.audio_tokens)?;
+        out.serialize_field("input_audio_tokens", &row.input_audio_tokens)?;
+        out.serialize_field("output_audio_tokens", &row.output_audio_tokens)?;
+        out.serialize_field("cached_tokens", &row.cached_tokens)?;
+        out.serialize_field("cache_write_tokens", &row.cache_write_tokens)?;
+        out.serialize_field("reasoning_tokens", &row.reasoning_tokens)?;
+        out.serialize_field("audio_total_tokens", &row.audio_tokens)?;
+        out.serialize_field("audio_input_tokens", &row.input_audio_tokens)?;
+        out.serialize_field("audio_output_tokens", &row.output_audio_tokens)?;
+        out.serialize_field("cache_read_tokens", &row.cached_tokens)?;
+        // A JSON number, as Agno's float; the nearest double of the exact stored sum.
+        out.serialize_field("cost", &row.cost.to_f64().unwrap_or_default())?;
+        out.end()
+    }
+}
+
+/// A day as `YYYY-MM-DDT00:00:00Z`.
+struct Day(NaiveDate);
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T00:00:00Z",
+            self.0.year(),
+            self.0.month(),
+            self.0.day()
+        )
+    }
+}
+
+impl Serialize for Day {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// An instant as RFC 3339 UTC to the second (`2025-07-31T20:29:01Z`).
+struct Rfc3339(DateTime<Utc>);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::Secs, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(value: &str) -> Result<NaiveDate, String> {
+        parse_date("starting_date", value).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn dates_parse_as_days_or_their_midnight() {
+        let day = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+        for valid in [
+            "2024-02-29",
+            "2024-02-29T00:00:00",
+            "2024-02-29T00:00:00Z",
+            "2024-02-29T00:00:00.000",
+        ] {
+            assert_eq!(date(valid), Ok(day), "{valid}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_a_validation_error_naming_the_parameter() {
+        for invalid in [
+            "",
+            "2024-13-01",
+            "2023-02-29",
+            "20240101",
+            "yesterday",
+            "2024-1-01",
+            "2024-01-01T00:00:01",
+            "2024-01-01T12:00:00Z",
+            "2024-01-01 ",
+            "+2024-01-01",
+            "2024-01-01T00:00:00.",
+            "２０２４-01-01",
+        ] {
+            assert_eq!(
+                date(invalid),
+                Err("Invalid starting_date: expected a date in YYYY-MM-DD format".to_owned()),
+                "{invalid:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reversed_range_is_a_bad_request() {
+        let query = MetricsQuery {
+            starting_date: Some("2024-02-02".into()),
+            ending_date: Some("2024-02-01".into()),
+            ..MetricsQuery::default()
+        };
+        assert_eq!(
+            query.range().unwrap_err().to_string(),
+            "Invalid date range: starting_date 2024-02-02 is after ending_date 2024-02-01"
+        );
+    }
+
+    #[test]
+    fn days_render_at_utc_midnight() {
+        let day = Day(NaiveDate::from_ymd_opt(812, 3, 4).unwrap());
+        assert_eq!(day.to_string(), "0812-03-04T00:00:00Z");
+    }
+}

@@ -1,0 +1,27 @@
+//! The public API's resources, one module each with its request and response types, and the
+//! fallbacks that keep every error in the contract's shape.
+
+use actix_web::HttpResponse;
+
+use crate::error::ApiError;
+
+pub mod metrics;
+pub mod openapi;
+
+/// Any path the API does not serve: 404 `NOT_FOUND`.
+///
+/// # Errors
+///
+/// Always [`ApiError::NotFound`].
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("Not found".to_owned()))
+}
+
+/// A served path asked with a method other than `GET`: 405 with `Allow: GET`.
+///
+/// # Errors
+///
+/// Always [`ApiError::MethodNotAllowed`].
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow: "GET" })
+}

@@ -1,0 +1,274 @@
+//! Building and running the service: [`Application::build`] creates the pools and binds both
+//! listeners (ports may be 0; the bound ones are reported), [`Application::run_until_stopped`]
+//! serves until the shutdown token is cancelled, then drains.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, Error, HttpServer, web};
+use anyhow::Context;
+use metrics_aggregator::{Pool, TableName};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+use crate::admin;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::routes;
+use crate::telemetry::Metrics;
+
+/// One configured database: its pool and the metrics tables it may be asked for.
+#[derive(Debug)]
+pub struct Database {
+    /// The id clients name in `db_id`.
+    pub id: String,
+    /// Its connection pool (lazy: the service starts while the database is down).
+    pub pool: Pool,
+    /// The metrics tables it holds; the first is the default one.
+    pub tables: Vec<TableName>,
+}
+
+impl Database {
+    /// The configured table named `name`, or the default one when `None`. The name is only
+    /// compared with configuration here; SQL sees it as a bound parameter.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::NotFound`] for a table this database is not configured with.
+    pub fn table(&self, name: Option<&str>) -> Result<&TableName, ApiError> {
+        let found = match name {
+            None => self.tables.first(),
+            Some(name) => self.tables.iter().find(|table| table.as_str() == name),
+        };
+        found.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "Table '{}' not found in database '{}'",
+                name.unwrap_or_default(),
+                self.id
+            ))
+        })
+    }
+}
+
+/// Every configured database, the default one first.
+#[derive(Debug)]
+pub struct Databases(Vec<Database>);
+
+impl Databases {
+    /// The database with id `id`, or the default one when `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::NotFound`] for an id that is not configured.
+    pub fn find(&self, id: Option<&str>) -> Result<&Database, ApiError> {
+        let found = match id {
+            None => self.0.first(),
+            Some(id) => self.0.iter().find(|database| database.id == id),
+        };
+        found.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "Database with id '{}' not found",
+                id.unwrap_or_default()
+            ))
+        })
+    }
+
+    /// Every database, the default one first.
+    pub fn iter(&self) -> impl Iterator<Item = &Database> {
+        self.0.iter()
+    }
+}
+
+/// What the API's handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The databases.
+    pub databases: Arc<Databases>,
+    /// The bearer key; `None` leaves the API open.
+    pub security_key: Option<SecretString>,
+    /// Longest a request waits for the database.
+    pub request_timeout: Duration,
+    /// The Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The service with both listeners bound, not yet serving.
+pub struct Application {
+    port: u16,
+    admin_port: u16,
+    api: Server,
+    admin: Server,
+    draining: Arc<AtomicBool>,
+}
+
+impl Application {
+    /// Creates the pools and binds the API and admin listeners. Call it inside the actix
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// When a listener cannot be bound or a pool cannot be built.
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let databases = settings
+            .databases
+            .iter()
+            .map(|database| {
+                let pool = metrics_aggregator::connect(
+                    database.url.expose_secret(),
+                    settings.pool_size,
+                    settings.http.request_timeout,
+                )
+                .with_context(|| format!("building the pool of database `{}`", database.id))?;
+                Ok(Database {
+                    id: database.id.clone(),
+                    pool,
+                    tables: database.tables.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let databases = Arc::new(Databases(databases));
+        let metrics = Arc::new(Metrics::default());
+        let draining = Arc::new(AtomicBool::new(false));
+
+        if settings.auth.security_key.is_none() {
+            tracing::warn!(
+                "no security key is set (auth.security_key or OS_SECURITY_KEY): the API is open \
+                 to anyone who can reach it"
+            );
+        }
+        let state = web::Data::new(AppState {
+            databases: databases.clone(),
+            security_key: settings.auth.security_key.clone(),
+            request_timeout: settings.http.request_timeout,
+            metrics: metrics.clone(),
+        });
+
+        let listener = TcpListener::bind(settings.http.listen)
+            .with_context(|| format!("binding the API listener to {}", settings.http.listen))?;
+        let port = listener.local_addr()?.port();
+        let mut api = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(record_request))
+                .wrap(TracingLogger::default())
+                .service(
+                    web::resource(["/metrics", "/metrics/"])
+                        .route(web::get().to(routes::metrics::get_metrics))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/openapi.json")
+                        .route(web::get().to(routes::openapi::get_openapi))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .default_service(web::to(routes::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.http.shutdown_timeout.as_secs().max(1));
+        if settings.http.workers > 0 {
+            api = api.workers(settings.http.workers);
+        }
+        let api = api.listen(listener)?.run();
+
+        let admin_listener = TcpListener::bind(settings.admin.listen)
+            .with_context(|| format!("binding the admin listener to {}", settings.admin.listen))?;
+        let admin_port = admin_listener.local_addr()?.port();
+        let admin = admin::server(
+            admin_listener,
+            admin::AdminState {
+                databases,
+                metrics,
+                draining: draining.clone(),
+                timeout: settings.http.request_timeout,
+            },
+        )?;
+        tracing::info!(
+            http.port = port,
+            admin.port = admin_port,
+            "metrics-query listening"
+        );
+        Ok(Self {
+            port,
+            admin_port,
+            api,
+            admin,
+            draining,
+        })
+    }
+
+    /// The bound port of the API.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The bound port of the admin listener.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// Serves until `shutdown` is cancelled, then reports not ready, stops accepting, lets
+    /// in-flight requests finish (`http.shutdown_timeout_ms`) and stops the admin listener.
+    ///
+    /// # Errors
+    ///
+    /// When a server fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let api_handle = self.api.handle();
+        let admin_handle = self.admin.handle();
+        let api = actix_web::rt::spawn(self.api);
+        let admin = actix_web::rt::spawn(self.admin);
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: draining requests");
+        self.draining.store(true, Ordering::Relaxed);
+        api_handle.stop(true).await;
+        admin_handle.stop(true).await;
+        api.await.context("joining the API server")??;
+        admin.await.context("joining the admin server")??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Counts every API response by route and status, with its latency.
+async fn record_request(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let metrics = request
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let response = next.call(request).await;
+    if let Some(metrics) = metrics {
+        let (route, status) = match &response {
+            Ok(response) => (
+                response.request().match_pattern(),
+                response.status().as_u16(),
+            ),
+            Err(error) => (None, error.as_response_error().status_code().as_u16()),
+        };
+        let route = route.as_deref().map_or("unmatched", |route| {
+            // `/metrics/` is the same route as `/metrics`.
+            if route.len() > 1 {
+                route.trim_end_matches('/')
+            } else {
+                route
+            }
+        });
+        let elapsed = started.elapsed();
+        metrics.observe_request(route, status, elapsed);
+        tracing::debug!(
+            http.route = route,
+            http.status_code = status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    }
+    response
+}
