@@ -1,0 +1,264 @@
+//! Every error of the API in the contract's `{"detail", "error_code"}` shape.
+
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use metrics_events::SessionType::Agent;
+use metrics_test_support::TestDatabase;
+
+use crate::support::{TestApp, error, session, settings, write};
+
+const DATE_FORMAT: &str = "expected a date in YYYY-MM-DD format";
+
+#[actix_web::test]
+async fn malformed_dates_are_validation_errors_naming_the_parameter() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+
+    for (query, parameter) in [
+        ("starting_date=2024-13-01", "starting_date"),
+        ("starting_date=20240101", "starting_date"),
+        ("starting_date=yesterday", "starting_date"),
+        ("starting_date=", "starting_date"),
+        ("ending_date=2024-01-01T12:00:00", "ending_date"),
+        ("ending_date=2024-02-30", "ending_date"),
+        ("starting_date=2024-01-01&ending_date=%00", "ending_date"),
+    ] {
+        let reply = app.get(&format!("/metrics?{query}"), &[]).await;
+        assert_eq!(
+            reply.status_json(),
+            (
+                422,
+                error(
+                    &format!("Invalid {parameter}: {DATE_FORMAT}"),
+                    "VALIDATION_ERROR"
+                )
+            ),
+            "{query}"
+        );
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_repeated_parameter_is_a_validation_error() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+
+    let reply = app
+        .get(
+            "/metrics?starting_date=2024-01-01&starting_date=2024-01-02",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            422,
+            error(
+                "Invalid query string: duplicate field `starting_date`",
+                "VALIDATION_ERROR"
+            )
+        )
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_reversed_range_is_a_bad_request() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+
+    let reply = app
+        .get(
+            "/metrics?starting_date=2024-02-02&ending_date=2024-02-01",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            400,
+            error(
+                "Invalid date range: starting_date 2024-02-02 is after ending_date 2024-02-01",
+                "BAD_REQUEST"
+            )
+        )
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn unknown_databases_and_tables_are_not_found() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+
+    let cases = [
+        ("/metrics?db_id=nope", "Database with id 'nope' not found"),
+        (
+            "/metrics?table=nope",
+            "Table 'nope' not found in database 'default'",
+        ),
+        (
+            "/metrics?db_id=default&table=",
+            "Table '' not found in database 'default'",
+        ),
+    ];
+    for (path, detail) in cases {
+        assert_eq!(
+            app.get(path, &[]).await.status_json(),
+            (404, error(detail, "NOT_FOUND")),
+            "{path}"
+        );
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn sql_in_table_or_db_id_is_only_ever_an_unknown_name() {
+    let db = TestDatabase::migrated();
+    write(
+        &db,
+        "agno_metrics",
+        &[session("s1", "2025-07-30T10:00:00Z", Agent, None)],
+    );
+    let app = TestApp::spawn(settings(db.url()));
+
+    let table = "agno_metrics; DROP TABLE daily_metrics; --";
+    let db_id = "default' OR '1'='1";
+    let reply = app
+        .get(
+            "/metrics?table=agno_metrics%3B%20DROP%20TABLE%20daily_metrics%3B%20--",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            404,
+            error(
+                &format!("Table '{table}' not found in database 'default'"),
+                "NOT_FOUND"
+            )
+        )
+    );
+    let reply = app
+        .get("/metrics?db_id=default%27%20OR%20%271%27%3D%271", &[])
+        .await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            404,
+            error(
+                &format!("Database with id '{db_id}' not found"),
+                "NOT_FOUND"
+            )
+        )
+    );
+    // The data is untouched.
+    let reply = app.get("/metrics", &[]).await;
+    assert_eq!(reply.status.as_u16(), 200);
+    assert_eq!(reply.json()["metrics"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_wrong_methods_use_the_error_shape() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+
+    for path in ["/", "/metric", "/metrics/extra", "/v1/metrics"] {
+        let reply = app.get(path, &[]).await;
+        assert_eq!(
+            reply.status_json(),
+            (404, error("Not found", "NOT_FOUND")),
+            "{path}"
+        );
+    }
+    for path in ["/metrics", "/metrics/", "/openapi.json"] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{path}");
+        assert_eq!(response.headers().get("allow").unwrap(), "GET");
+        let reply = app
+            .client
+            .delete(format!("{}{path}", app.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 405, "{path}");
+    }
+    let mut response = app
+        .client
+        .put(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body, error("Method not allowed", "METHOD_NOT_ALLOWED"));
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_database_that_is_down_fails_within_the_timeout_without_leaking_the_cause() {
+    let mut settings = settings("postgres://postgres:secret@127.0.0.1:1/nowhere");
+    settings.http.request_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn(settings);
+
+    let started = Instant::now();
+    let reply = app.get("/metrics", &[]).await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            500,
+            error("Failed to retrieve metrics", "INTERNAL_SERVER_ERROR")
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_database_that_does_not_answer_fails_within_the_timeout() {
+    let db = TestDatabase::migrated();
+    write(
+        &db,
+        "agno_metrics",
+        &[session("s1", "2025-07-30T10:00:00Z", Agent, None)],
+    );
+    let mut settings = settings(db.url());
+    settings.http.request_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn(settings);
+    // Hold a lock every read waits for, as a stuck database would.
+    let mut locker = db.connect();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE daily_metrics IN ACCESS EXCLUSIVE MODE;")
+        .unwrap();
+
+    let started = Instant::now();
+    let reply = app.get("/metrics", &[]).await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            500,
+            error("Failed to retrieve metrics", "INTERNAL_SERVER_ERROR")
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    locker.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(app.get("/metrics", &[]).await.status.as_u16(), 200);
+    app.stop().await;
+}

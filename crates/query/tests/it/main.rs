@@ -1,0 +1,13 @@
+//! Integration tests of `metrics-query` against the real PostgreSQL, each service started
+//! in-process on loopback, rows written through the aggregator.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test loudly, like the tests themselves"
+)]
+
+mod admin;
+mod auth;
+mod errors;
+mod metrics;
+mod openapi;
+mod support;
