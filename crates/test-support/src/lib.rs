@@ -5,6 +5,10 @@
     reason = "fixtures run only inside tests, where failing loudly is the point"
 )]
 
+mod broker;
 mod database;
+mod eventually;
 
+pub use broker::{ReceivedMessage, TestBroker};
 pub use database::TestDatabase;
+pub use eventually::eventually;

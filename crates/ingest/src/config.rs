@@ -1,0 +1,507 @@
+//! Settings: embedded defaults (`config/default.toml`) < optional file < `METRICS_*` environment.
+//!
+//! Only this module reads the environment. [`Settings::load`] deserialises the layers and then
+//! validates every value, so a bad setting fails at start with the key it came from.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use metrics_aggregator::TableName;
+use metrics_events::Limits;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The embedded defaults: every key, commented.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Everything the service reads from its configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+    /// Batching of deliveries into transactions.
+    pub batch: BatchSettings,
+    /// Size limits of the event contract.
+    pub limits: LimitsSettings,
+    /// Waits between attempts after a failure.
+    pub backoff: BackoffSettings,
+    /// Draining on SIGTERM / SIGINT.
+    pub shutdown: ShutdownSettings,
+    /// The admin listener.
+    pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL; may hold a password.
+    pub url: SecretString,
+    /// Most open connections.
+    pub pool_size: u32,
+    /// Wait for a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// The metrics table events are counted into.
+    pub table: String,
+}
+
+/// `[amqp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Connection URL; may hold a password.
+    pub url: SecretString,
+    /// The topic exchange producers publish to.
+    pub exchange: String,
+    /// The quorum queue consumed.
+    pub queue: String,
+    /// `basic.qos` prefetch count.
+    pub prefetch: u16,
+    /// `x-delivery-limit` of the queue.
+    pub delivery_limit: u32,
+    /// Wait for the broker to accept a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Most deliveries per transaction.
+    pub size: usize,
+    /// Most events per transaction.
+    pub max_events: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    pub wait_ms: u64,
+}
+
+/// `[limits]`: see [`Limits`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Largest message body in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in a batch message.
+    pub max_batch_events: usize,
+    /// Longest id-like field in characters.
+    pub max_id_chars: usize,
+    /// Longest `source` in characters.
+    pub max_source_chars: usize,
+}
+
+/// `[backoff]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSettings {
+    /// First wait after a failure, in milliseconds.
+    pub min_ms: u64,
+    /// Longest wait, in milliseconds.
+    pub max_ms: u64,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Most time spent draining, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Listen address, `host:port`; port 0 picks a free one.
+    pub listen: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Filter when `RUST_LOG` is unset.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Compact human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` when given, then the process environment.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key when a layer cannot be read or a value is invalid.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_sources(file, None)
+    }
+
+    /// Like [`Settings::load`], with `env` (variable name to value) standing in for the process
+    /// environment when given.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key when a layer cannot be read or a value is invalid.
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(File::from(file).format(FileFormat::Toml).required(true));
+        }
+        let env = Environment::with_prefix("METRICS")
+            .prefix_separator("_")
+            .separator("__")
+            .source(env);
+        let settings: Settings = builder
+            .add_source(env)
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(ConfigError::Load)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that deserialised but makes no sense.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(self.database.url.expose_secret())
+            .map_err(|err| invalid("database.url", format!("is not a URL ({err})")))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid(
+                "database.url",
+                "must start with `postgres://` or `postgresql://`",
+            ));
+        }
+        check(
+            self.database.pool_size >= 1,
+            "database.pool_size",
+            "must be at least 1",
+        )?;
+        check(
+            self.database.connect_timeout_ms >= 1,
+            "database.connect_timeout_ms",
+            "must be at least 1",
+        )?;
+        self.table_name()?;
+        lapin::uri::AMQPUri::from_str(self.amqp.url.expose_secret()).map_err(|_| {
+            invalid(
+                "amqp.url",
+                "is not an AMQP URL (`amqp://user:password@host:port/vhost`)",
+            )
+        })?;
+        check_name(&self.amqp.exchange, "amqp.exchange")?;
+        check_name(&self.amqp.queue, "amqp.queue")?;
+        check(
+            self.amqp.prefetch >= 1,
+            "amqp.prefetch",
+            "must be at least 1",
+        )?;
+        check(
+            self.amqp.delivery_limit >= 1,
+            "amqp.delivery_limit",
+            "must be at least 1",
+        )?;
+        check(
+            self.amqp.connect_timeout_ms >= 1,
+            "amqp.connect_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(self.batch.size >= 1, "batch.size", "must be at least 1")?;
+        check(
+            self.batch.size <= usize::from(self.amqp.prefetch),
+            "batch.size",
+            "must not exceed `amqp.prefetch`, or a batch could never fill",
+        )?;
+        check(
+            self.batch.max_events >= 1,
+            "batch.max_events",
+            "must be at least 1",
+        )?;
+        check(
+            self.batch.wait_ms >= 1,
+            "batch.wait_ms",
+            "must be at least 1",
+        )?;
+        check(
+            self.limits.max_body_bytes >= 1,
+            "limits.max_body_bytes",
+            "must be at least 1",
+        )?;
+        check(
+            self.limits.max_batch_events >= 1,
+            "limits.max_batch_events",
+            "must be at least 1",
+        )?;
+        check(
+            self.limits.max_id_chars >= 1,
+            "limits.max_id_chars",
+            "must be at least 1",
+        )?;
+        check(
+            self.limits.max_source_chars >= 1,
+            "limits.max_source_chars",
+            "must be at least 1",
+        )?;
+        check(
+            self.backoff.min_ms >= 1,
+            "backoff.min_ms",
+            "must be at least 1",
+        )?;
+        check(
+            self.backoff.max_ms >= self.backoff.min_ms,
+            "backoff.max_ms",
+            "must be at least `backoff.min_ms`",
+        )?;
+        check(
+            self.shutdown.timeout_ms >= 1,
+            "shutdown.timeout_ms",
+            "must be at least 1",
+        )?;
+        self.admin_listen()?;
+        check(!self.log.level.is_empty(), "log.level", "must not be empty")?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|err| invalid("log.level", format!("is not a log filter ({err})")))?;
+        Ok(())
+    }
+
+    /// `database.table` as a table name.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when it is not a valid name.
+    pub fn table_name(&self) -> Result<TableName, ConfigError> {
+        self.database
+            .table
+            .parse()
+            .map_err(|err| invalid("database.table", format!("{err}")))
+    }
+
+    /// `admin.listen` as a socket address.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when it is not `ip:port`.
+    pub fn admin_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.admin.listen.parse().map_err(|_| {
+            invalid(
+                "admin.listen",
+                "is not an `ip:port` socket address (for example `0.0.0.0:9091`)",
+            )
+        })
+    }
+
+    /// The event contract's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.limits.max_body_bytes,
+            max_batch_events: self.limits.max_batch_events,
+            max_id_chars: self.limits.max_id_chars,
+            max_source_chars: self.limits.max_source_chars,
+        }
+    }
+}
+
+impl AmqpSettings {
+    /// The exchange dead letters go through: `<queue>.dlx`.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+
+    /// The queue dead letters end in: `<queue>.dead`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+}
+
+impl BackoffSettings {
+    /// The wait before attempt `failures + 1`: `min_ms` doubled per failure, capped at `max_ms`.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let factor = 1u64 << failures.min(20);
+        Duration::from_millis(self.min_ms.saturating_mul(factor).min(self.max_ms))
+    }
+}
+
+/// A URL with its password removed, for logs.
+pub fn redacted_url(url: &SecretString) -> String {
+    match url::Url::parse(url.expose_secret()) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.into()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, reason))
+    }
+}
+
+/// Exchange and queue names: non-empty, at most 255 bytes (an AMQP short string), and not the
+/// `amq.` prefix the broker reserves (AMQP 0-9-1 reference, `exchange.declare`).
+fn check_name(name: &str, key: &'static str) -> Result<(), ConfigError> {
+    check(!name.is_empty(), key, "must not be empty")?;
+    // `<queue>.dead` must still fit in a short string.
+    check(name.len() <= 250, key, "must be at most 250 bytes")?;
+    check(
+        !name.starts_with("amq."),
+        key,
+        "must not start with `amq.` (reserved by the broker)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let settings = Settings::from_sources(None, env(&[])).unwrap();
+        assert_eq!(settings.amqp.exchange, "agentos.events");
+        assert_eq!(settings.amqp.queue, "metrics.ingest");
+        assert_eq!(settings.amqp.dead_letter_exchange(), "metrics.ingest.dlx");
+        assert_eq!(settings.amqp.dead_letter_queue(), "metrics.ingest.dead");
+        assert_eq!(settings.database.table, "agno_metrics");
+        assert_eq!(settings.limits(), Limits::default());
+        assert_eq!(settings.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_defaults_with_double_underscores() {
+        let settings = Settings::from_sources(
+            None,
+            env(&[
+                ("METRICS_AMQP__QUEUE", "other.queue"),
+                ("METRICS_AMQP__PREFETCH", "700"),
+                ("METRICS_DATABASE__URL", "postgres://u:p@db:5432/m"),
+                ("METRICS_ADMIN__LISTEN", "127.0.0.1:0"),
+                ("METRICS_LOG__FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.amqp.queue, "other.queue");
+        assert_eq!(settings.amqp.prefetch, 700);
+        assert_eq!(
+            settings.database.url.expose_secret(),
+            "postgres://u:p@db:5432/m"
+        );
+        assert_eq!(settings.admin.listen, "127.0.0.1:0");
+        assert_eq!(settings.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_file_sits_between_defaults_and_environment() {
+        let dir =
+            std::env::temp_dir().join(format!("metrics-ingest-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ingest.toml");
+        std::fs::write(
+            &file,
+            "[amqp]\nqueue = \"from.file\"\nexchange = \"file.exchange\"\n",
+        )
+        .unwrap();
+        let settings =
+            Settings::from_sources(Some(&file), env(&[("METRICS_AMQP__QUEUE", "from.env")]))
+                .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(settings.amqp.queue, "from.env");
+        assert_eq!(settings.amqp.exchange, "file.exchange");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        for (key, value, named) in [
+            ("METRICS_AMQP__PREFETCH", "0", "amqp.prefetch"),
+            ("METRICS_BATCH__SIZE", "5000", "batch.size"),
+            ("METRICS_DATABASE__TABLE", "Bad-Name", "database.table"),
+            ("METRICS_DATABASE__URL", "mysql://x", "database.url"),
+            ("METRICS_AMQP__URL", "http://x", "amqp.url"),
+            ("METRICS_AMQP__QUEUE", "amq.mine", "amqp.queue"),
+            ("METRICS_ADMIN__LISTEN", "localhost", "admin.listen"),
+            ("METRICS_BACKOFF__MAX_MS", "1", "backoff.max_ms"),
+        ] {
+            let err = Settings::from_sources(None, env(&[(key, value)])).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key, .. } if *key == named),
+                "{key}={value}: {err}"
+            );
+            assert!(err.to_string().contains(named), "{err}");
+        }
+    }
+
+    #[test]
+    fn undeserialisable_values_name_their_key() {
+        let err =
+            Settings::from_sources(None, env(&[("METRICS_AMQP__PREFETCH", "many")])).unwrap_err();
+        let text = crate::consumer::error_chain(&err);
+        assert!(text.contains("amqp.prefetch"), "{text}");
+        let err = Settings::from_sources(None, env(&[("METRICS_LOG__FORMAT", "xml")])).unwrap_err();
+        let text = crate::consumer::error_chain(&err);
+        assert!(text.contains("log.format"), "{text}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let backoff = BackoffSettings {
+            min_ms: 100,
+            max_ms: 1000,
+        };
+        assert_eq!(backoff.delay(0), Duration::from_millis(100));
+        assert_eq!(backoff.delay(1), Duration::from_millis(200));
+        assert_eq!(backoff.delay(3), Duration::from_millis(800));
+        assert_eq!(backoff.delay(4), Duration::from_millis(1000));
+        assert_eq!(backoff.delay(u32::MAX), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn redacted_urls_hide_the_password() {
+        let url = SecretString::from("amqp://guest:hunter2@rabbit:5672/%2f");
+        assert_eq!(redacted_url(&url), "amqp://guest:***@rabbit:5672/%2f");
+    }
+}

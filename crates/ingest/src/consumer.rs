@@ -1,0 +1,668 @@
+//! The delivery loop: from the queue to committed rows, one explicit outcome per delivery.
+//!
+//! Invariants:
+//!
+//! - **Ack only after commit.** A delivery is acknowledged only once its events are committed
+//!   (or it was dead-lettered with a broker confirm). Anything not acknowledged when a channel
+//!   dies goes back to the queue and is redelivered; `apply` is idempotent, so it counts once.
+//! - **One batch written at a time, the next one gathered meanwhile.** Deliveries arrive in
+//!   delivery-tag order and batches are settled strictly in order, so when a batch is settled
+//!   every earlier tag is settled too and one `basic.ack` with `multiple` covers the whole batch
+//!   (AMQP 0-9-1 reference, `basic.ack`). Gathering the next batch while the previous one is in
+//!   the database overlaps broker and database work instead of adding them up.
+//! - **Bad input never blocks the queue.** An undecodable or invalid message (or batch element)
+//!   is dead-lettered with the reason and acknowledged; the valid events of a batch still count.
+//! - **Transient database failures never lose or spin.** The batch stays unacknowledged, the
+//!   pool is reset, and `apply` is retried after an exponential backoff; meanwhile at most
+//!   `prefetch` deliveries wait in memory.
+//! - **Reconnect with backoff.** Any broker failure ends the session: the connection is dropped
+//!   (the broker requeues what was unacknowledged) and a new session connects, redeclares the
+//!   topology and consumes again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use metrics_aggregator::EventOutcome;
+use metrics_events::{Decoded, Event, Message, MessageError, decode_message};
+use secrecy::ExposeSecret;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::admin::Health;
+use crate::config::{Settings, redacted_url};
+use crate::database::{Database, DatabaseError};
+use crate::error::SessionError;
+use crate::telemetry::{Metrics, Outcome};
+use crate::topology::Topology;
+
+/// The header carrying the reason of a dead letter (`events.md`).
+pub const ERROR_HEADER: &str = "x-metrics-error";
+
+/// The content type of a dead-lettered batch element: one CloudEvent (`events.md`).
+const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// How long closing a channel or connection may take before it is abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// AMQP `delivery-mode` of a persistent message.
+const PERSISTENT: u8 = 2;
+
+/// What the consumer shares with the rest of the service.
+#[derive(Debug)]
+pub struct Context {
+    /// The settings the service started with.
+    pub settings: Settings,
+    /// The broker entities.
+    pub topology: Topology,
+    /// PostgreSQL.
+    pub database: Arc<Database>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
+/// Consumes until `shutdown` is cancelled, reconnecting with backoff after every failure. On
+/// shutdown it stops consuming, settles the batch in hand and closes channel and connection.
+pub async fn run(context: Arc<Context>, shutdown: CancellationToken) {
+    let mut failures: u32 = 0;
+    let mut sessions: u64 = 0;
+    while !shutdown.is_cancelled() {
+        let result = session(&context, &shutdown, &mut failures, sessions).await;
+        sessions += 1;
+        context.health.set_channel(None);
+        context.metrics.set_ready(false);
+        match result {
+            Ok(()) => break,
+            Err(_) if shutdown.is_cancelled() => break,
+            Err(err) => {
+                let delay = context.settings.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                warn!(
+                    error = %error_chain(&err),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "the RabbitMQ session ended; reconnecting"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = sleep(delay) => {}
+                }
+            }
+        }
+    }
+    info!("consumer stopped");
+}
+
+/// One connection: connect, declare, consume until shutdown or failure, close.
+async fn session(
+    context: &Arc<Context>,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+    sessions: u64,
+) -> Result<(), SessionError> {
+    let amqp = &context.settings.amqp;
+    let connect = Connection::connect(
+        amqp.url.expose_secret(),
+        ConnectionProperties::default().with_connection_name("metrics-ingest".into()),
+    );
+    let connection = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        connected = timeout(Duration::from_millis(amqp.connect_timeout_ms), connect) => connected
+            .map_err(|_| SessionError::Timeout { action: "connecting" })?
+            .map_err(SessionError::amqp("connecting"))?,
+    };
+    let result = consume_on(context, shutdown, failures, sessions, &connection).await;
+    context.health.set_channel(None);
+    let _ = timeout(
+        CLOSE_TIMEOUT,
+        connection.close(200, ShortString::from("metrics-ingest stopping")),
+    )
+    .await;
+    result
+}
+
+async fn consume_on(
+    context: &Arc<Context>,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+    sessions: u64,
+    connection: &Connection,
+) -> Result<(), SessionError> {
+    let amqp = &context.settings.amqp;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(SessionError::amqp("opening a channel"))?;
+    context.topology.declare(&channel).await?;
+    channel
+        .basic_qos(amqp.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(SessionError::amqp("setting the prefetch"))?;
+    // Dead letters go out on their own channel in confirm mode, so the original is acknowledged
+    // only once the broker has taken responsibility for its dead letter.
+    let publisher = connection
+        .create_channel()
+        .await
+        .map_err(SessionError::amqp("opening the dead-letter channel"))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(SessionError::amqp("enabling publisher confirms"))?;
+    let mut consumer = channel
+        .basic_consume(
+            context.topology.queue.as_str().into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SessionError::amqp("starting to consume"))?;
+
+    if sessions > 0 {
+        context.metrics.reconnected("amqp");
+    }
+    *failures = 0;
+    context.health.set_channel(Some(channel.clone()));
+    context.metrics.set_ready(true);
+    info!(
+        amqp.url = %redacted_url(&amqp.url),
+        messaging.destination.name = %context.topology.queue,
+        prefetch = amqp.prefetch,
+        "consuming"
+    );
+
+    let result = consume(context, shutdown, &channel, &publisher, &mut consumer).await;
+    let _ = timeout(
+        CLOSE_TIMEOUT,
+        channel.close(200, ShortString::from("metrics-ingest stopping")),
+    )
+    .await;
+    result
+}
+
+/// How gathering a batch ended, other than with a full or timed-out batch.
+enum End {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The channel or the consumer went away.
+    Closed(SessionError),
+}
+
+async fn consume(
+    context: &Arc<Context>,
+    shutdown: &CancellationToken,
+    channel: &Channel,
+    publisher: &Channel,
+    consumer: &mut Consumer,
+) -> Result<(), SessionError> {
+    let mut in_flight = InFlight::default();
+    loop {
+        let (batch, end) = gather(context, consumer, &mut in_flight, shutdown).await;
+        if let Some(End::Shutdown) = end {
+            // Stop the flow first; deliveries already pushed but not gathered go back to the
+            // queue when the channel closes.
+            let _ = timeout(
+                CLOSE_TIMEOUT,
+                channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+            )
+            .await;
+        }
+        in_flight.wait().await?;
+        match end {
+            None => {
+                let task = process(
+                    Arc::clone(context),
+                    publisher.clone(),
+                    batch,
+                    shutdown.clone(),
+                );
+                in_flight.handle = Some(tokio::spawn(task));
+            }
+            Some(End::Shutdown) => {
+                info!(
+                    deliveries = batch.deliveries.len(),
+                    "stopping: settling the batch in hand"
+                );
+                if !batch.deliveries.is_empty() {
+                    process(
+                        Arc::clone(context),
+                        publisher.clone(),
+                        batch,
+                        CancellationToken::new(),
+                    )
+                    .await?;
+                }
+                return Ok(());
+            }
+            Some(End::Closed(err)) => return Err(err),
+        }
+    }
+}
+
+/// The batch being written, if any, and how it ended once it has.
+#[derive(Default)]
+struct InFlight {
+    handle: Option<JoinHandle<Result<(), SessionError>>>,
+    result: Option<Result<(), SessionError>>,
+}
+
+impl InFlight {
+    fn is_busy(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    fn has_failed(&self) -> bool {
+        matches!(self.result, Some(Err(_)))
+    }
+
+    /// Waits for the batch to end and keeps its result; cancel-safe.
+    async fn finished(&mut self) {
+        if let Some(handle) = self.handle.as_mut() {
+            let result = handle.await.map_err(SessionError::Worker).and_then(|r| r);
+            self.handle = None;
+            self.result = Some(result);
+        }
+    }
+
+    async fn wait(&mut self) -> Result<(), SessionError> {
+        self.finished().await;
+        self.result.take().unwrap_or(Ok(()))
+    }
+}
+
+/// A delivery and what its body decoded to.
+struct Pending {
+    delivery: lapin::message::Delivery,
+    decoded: Result<Message, MessageError>,
+}
+
+#[derive(Default)]
+struct Batch {
+    deliveries: Vec<Pending>,
+    events: usize,
+}
+
+/// Gathers deliveries until the batch is full, or its wait has passed and the previous batch is
+/// written; decodes each as it arrives.
+async fn gather(
+    context: &Context,
+    consumer: &mut Consumer,
+    in_flight: &mut InFlight,
+    shutdown: &CancellationToken,
+) -> (Batch, Option<End>) {
+    let settings = &context.settings;
+    let wait = Duration::from_millis(settings.batch.wait_ms);
+    let limits = settings.limits();
+    let mut batch = Batch::default();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if batch.deliveries.len() >= settings.batch.size
+            || batch.events >= settings.batch.max_events
+            || in_flight.has_failed()
+        {
+            return (batch, None);
+        }
+        let expired = deadline.is_some_and(|deadline| Instant::now() >= deadline);
+        if expired && !in_flight.is_busy() {
+            return (batch, None);
+        }
+        let busy = in_flight.is_busy();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return (batch, Some(End::Shutdown)),
+            () = in_flight.finished(), if busy => {}
+            next = consumer.next() => match next {
+                Some(Ok(mut delivery)) => {
+                    deadline.get_or_insert_with(|| Instant::now() + wait);
+                    let decoded = decode_message(&delivery.data, &limits);
+                    if let Ok(message) = &decoded {
+                        batch.events += message.events.len();
+                        // The body is kept only to dead-letter it; a valid message frees it now.
+                        if message.events.iter().all(Result::is_ok) {
+                            delivery.data = Vec::new();
+                        }
+                    } else {
+                        batch.events += 1;
+                    }
+                    batch.deliveries.push(Pending { delivery, decoded });
+                }
+                Some(Err(err)) => {
+                    return (batch, Some(End::Closed(SessionError::Amqp {
+                        action: "receiving deliveries",
+                        source: err,
+                    })));
+                }
+                None => return (batch, Some(End::Closed(SessionError::ConsumerCancelled))),
+            },
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !expired => {}
+        }
+    }
+}
+
+/// One message (or batch element) to dead-letter.
+struct DeadLetter {
+    /// Index of its delivery in the batch.
+    delivery: usize,
+    /// Its position in a batch message; `None` for the whole message.
+    element: Option<usize>,
+    /// The `x-metrics-error` header.
+    reason: String,
+    /// The event id, for the log.
+    event_id: Option<String>,
+}
+
+/// Writes a batch, dead-letters its bad input, and acknowledges it all with one `multiple` ack.
+async fn process(
+    context: Arc<Context>,
+    publisher: Channel,
+    batch: Batch,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
+    let span = info_span!(
+        "batch",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %context.topology.queue,
+        deliveries = batch.deliveries.len(),
+    );
+    process_batch(&context, &publisher, batch, &shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn process_batch(
+    context: &Arc<Context>,
+    publisher: &Channel,
+    batch: Batch,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut events: Vec<Event> = Vec::with_capacity(batch.events);
+    let mut origins: Vec<(usize, Option<usize>)> = Vec::with_capacity(batch.events);
+    let mut dead_letters = Vec::new();
+    let mut ignored = 0;
+    let mut deliveries = Vec::with_capacity(batch.deliveries.len());
+    for (index, Pending { delivery, decoded }) in batch.deliveries.into_iter().enumerate() {
+        deliveries.push(delivery);
+        let message = match decoded {
+            Ok(message) => message,
+            Err(err) => {
+                dead_letters.push(DeadLetter {
+                    delivery: index,
+                    element: None,
+                    reason: error_chain(&err),
+                    event_id: None,
+                });
+                continue;
+            }
+        };
+        for (position, element) in message.events.into_iter().enumerate() {
+            let element_index = message.is_batch.then_some(position);
+            match element {
+                Ok(Decoded::Event(event)) => {
+                    events.push(event);
+                    origins.push((index, element_index));
+                }
+                Ok(Decoded::Ignored(ignored_event)) => {
+                    debug!(
+                        event.id = %ignored_event.id,
+                        event.r#type = %ignored_event.event_type,
+                        "ignoring an event of an unknown type"
+                    );
+                    ignored += 1;
+                }
+                Err(err) => dead_letters.push(DeadLetter {
+                    delivery: index,
+                    element: element_index,
+                    event_id: err.event_id.clone(),
+                    reason: err.to_string(),
+                }),
+            }
+        }
+    }
+    let Some(last) = deliveries.last() else {
+        return Ok(());
+    };
+
+    let (applied, published) = tokio::join!(
+        write(context, events, shutdown),
+        publish_dead_letters(context, publisher, &deliveries, &dead_letters),
+    );
+    published?;
+    let outcomes = applied?;
+
+    // Events the database refused for good (not for a transient reason) are dead-lettered too.
+    let mut refused = Vec::new();
+    let (mut counted, mut duplicates) = (0, 0);
+    for (outcome, (delivery, element)) in outcomes.into_iter().zip(origins) {
+        match outcome {
+            Ok(EventOutcome::Counted) => counted += 1,
+            Ok(EventOutcome::Duplicate) => duplicates += 1,
+            Err((event_id, reason)) => refused.push(DeadLetter {
+                delivery,
+                element,
+                reason,
+                event_id: Some(event_id),
+            }),
+        }
+    }
+    publish_dead_letters(context, publisher, &deliveries, &refused).await?;
+
+    let acked = last
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .map_err(SessionError::amqp("acknowledging a batch"))?;
+    if !acked {
+        return Err(SessionError::ChannelClosed);
+    }
+    let metrics = &context.metrics;
+    metrics.count(Outcome::Applied, counted);
+    metrics.count(Outcome::Duplicate, duplicates);
+    metrics.count(Outcome::Ignored, ignored);
+    metrics.count(Outcome::DeadLettered, dead_letters.len() + refused.len());
+    debug!(
+        counted,
+        duplicates,
+        ignored,
+        dead_lettered = dead_letters.len() + refused.len(),
+        "batch settled"
+    );
+    Ok(())
+}
+
+/// The outcome of one event: counted or duplicate, or refused for good with its id and reason.
+type Written = Result<EventOutcome, (String, String)>;
+
+/// Applies `events` in one transaction, retrying transient failures with backoff. When the
+/// database refuses the batch for good, each event is applied alone so that only the one at
+/// fault is refused.
+///
+/// # Errors
+///
+/// [`SessionError::Abandoned`] when shutdown comes while the database is failing: the batch
+/// stays unacknowledged and goes back to the queue.
+async fn write(
+    context: &Arc<Context>,
+    events: Vec<Event>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Written>, SessionError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let events: Arc<[Event]> = events.into();
+    match write_with_retry(context, &events, shutdown).await? {
+        Ok(outcomes) => Ok(outcomes.into_iter().map(Ok).collect()),
+        Err(err) if events.len() == 1 => Ok(vec![Err(refusal(&events[0], &err))]),
+        Err(_) => {
+            let mut written = Vec::with_capacity(events.len());
+            for event in events.iter() {
+                let single: Arc<[Event]> = Arc::new([event.clone()]);
+                written.push(match write_with_retry(context, &single, shutdown).await? {
+                    Ok(outcomes) => {
+                        Ok(outcomes.first().copied().unwrap_or(EventOutcome::Duplicate))
+                    }
+                    Err(err) => Err(refusal(event, &err)),
+                });
+            }
+            Ok(written)
+        }
+    }
+}
+
+fn refusal(event: &Event, err: &DatabaseError) -> (String, String) {
+    warn!(event.id = %event.id, error = %error_chain(err), "the database refused an event");
+    (
+        event.id.clone(),
+        format!(
+            "event `{}`: could not be counted: {}",
+            event.id,
+            error_chain(err)
+        ),
+    )
+}
+
+/// Applies `events`, retrying while the failure is transient. The outer error is shutdown; the
+/// inner one a permanent refusal.
+async fn write_with_retry(
+    context: &Arc<Context>,
+    events: &Arc<[Event]>,
+    shutdown: &CancellationToken,
+) -> Result<Result<Vec<EventOutcome>, DatabaseError>, SessionError> {
+    let metrics = &context.metrics;
+    let mut failures: u32 = 0;
+    loop {
+        let (result, elapsed) = context.database.apply(Arc::clone(events)).await;
+        metrics.observe_apply(elapsed.as_secs_f64());
+        match result {
+            Ok(report) => {
+                metrics.observe_batch(events.len());
+                if failures > 0 {
+                    metrics.reconnected("database");
+                    info!(attempts = failures + 1, "PostgreSQL is back; batch written");
+                }
+                return Ok(Ok(report.outcomes));
+            }
+            Err(err) if err.is_transient() => {
+                metrics.count(Outcome::Retried, events.len());
+                let delay = context.settings.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                // Logged once per outage, not once per attempt.
+                if failures == 1 {
+                    warn!(
+                        error = %error_chain(&err),
+                        events = events.len(),
+                        "writing a batch failed; retrying with backoff, deliveries kept unacknowledged"
+                    );
+                } else {
+                    debug!(error = %error_chain(&err), attempt = failures, "retrying a batch");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(SessionError::Abandoned),
+                    () = sleep(delay) => {}
+                }
+            }
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+}
+
+/// Publishes each dead letter to `<queue>.dlx` and waits for the broker's confirms.
+///
+/// Why not `basic.reject` without requeue: the queue's own dead-lettering would keep the
+/// message, but AMQP 0-9-1 gives no way to add a header when rejecting, and `events.md` wants
+/// the reason in `x-metrics-error`; nor can it dead-letter one element of a batch. So the
+/// service publishes the dead letter itself, in confirm mode, and acknowledges the original
+/// only after the confirm: a crash in between at worst dead-letters a message twice, never
+/// loses it.
+async fn publish_dead_letters(
+    context: &Context,
+    publisher: &Channel,
+    deliveries: &[lapin::message::Delivery],
+    dead_letters: &[DeadLetter],
+) -> Result<(), SessionError> {
+    if dead_letters.is_empty() {
+        return Ok(());
+    }
+    let exchange = context.topology.dead_letter_exchange.as_str();
+    let mut elements: Option<(usize, Vec<serde_json::Value>)> = None;
+    let mut confirms = Vec::with_capacity(dead_letters.len());
+    for dead in dead_letters {
+        let Some(delivery) = deliveries.get(dead.delivery) else {
+            continue;
+        };
+        let mut properties = delivery.properties.clone();
+        let body = match dead.element {
+            None => delivery.data.clone(),
+            Some(position) => {
+                if elements
+                    .as_ref()
+                    .is_none_or(|(index, _)| *index != dead.delivery)
+                {
+                    let items = serde_json::from_slice(&delivery.data).unwrap_or_default();
+                    elements = Some((dead.delivery, items));
+                }
+                properties = properties.with_content_type(EVENT_CONTENT_TYPE.into());
+                elements
+                    .as_ref()
+                    .and_then(|(_, items)| items.get(position))
+                    .and_then(|item| serde_json::to_vec(item).ok())
+                    .unwrap_or_default()
+            }
+        };
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ERROR_HEADER.into(),
+            AMQPValue::LongString(LongString::from(dead.reason.as_str())),
+        );
+        properties = properties.with_headers(headers);
+        if properties.delivery_mode().is_none() {
+            properties = properties.with_delivery_mode(PERSISTENT);
+        }
+        warn!(
+            event.id = dead.event_id.as_deref().unwrap_or(""),
+            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+            reason = %dead.reason,
+            "dead-lettering bad input"
+        );
+        let confirm = publisher
+            .basic_publish(
+                exchange.into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .map_err(SessionError::amqp("publishing a dead letter"))?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirmation = confirm
+            .await
+            .map_err(SessionError::amqp("confirming a dead letter"))?;
+        if !confirmation.is_ack() {
+            return Err(SessionError::DeadLetterRefused);
+        }
+    }
+    Ok(())
+}
+
+/// An error and its sources, joined by `: `.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

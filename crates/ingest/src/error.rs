@@ -1,0 +1,59 @@
+//! The errors of the ingest service: configuration, and why a session with the broker ended.
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or deserialised; the source names the key.
+    #[error("reading the configuration")]
+    Load(#[source] config::ConfigError),
+    /// A value deserialised but is not usable.
+    #[error("invalid configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key, as in `config/default.toml`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Why a session with the broker ended; the consumer reconnects after any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The broker refused or dropped an operation, or the connection failed.
+    #[error("{action} on RabbitMQ")]
+    Amqp {
+        /// What was being done.
+        action: &'static str,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker did not answer in time.
+    #[error("{action} on RabbitMQ timed out")]
+    Timeout {
+        /// What was being done.
+        action: &'static str,
+    },
+    /// The broker refused (nacked) a dead letter, so the original cannot be acknowledged.
+    #[error("RabbitMQ refused a dead letter")]
+    DeadLetterRefused,
+    /// The consumer was cancelled by the broker (queue deleted, node shutting down).
+    #[error("RabbitMQ cancelled the consumer")]
+    ConsumerCancelled,
+    /// The channel closed before the batch could be acknowledged.
+    #[error("the channel closed before the batch was acknowledged")]
+    ChannelClosed,
+    /// Shutdown came while the database was failing; the batch stays unacknowledged.
+    #[error("shutting down before the batch could be written")]
+    Abandoned,
+    /// A blocking task panicked or was aborted.
+    #[error("a database worker stopped")]
+    Worker(#[source] tokio::task::JoinError),
+}
+
+impl SessionError {
+    /// Wraps a client error with what was being done.
+    pub(crate) fn amqp(action: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| SessionError::Amqp { action, source }
+    }
+}

@@ -1,0 +1,23 @@
+//! `metrics-ingest`: consumes AgentOS events from RabbitMQ and counts them into the
+//! aggregator's daily rows in PostgreSQL, exactly once in effect.
+//!
+//! - [`config`]: layered settings, validated at start.
+//! - [`telemetry`]: logging and the Prometheus metrics.
+//! - [`topology`]: the exchange, quorum queue and dead-letter entities, declared at every connect.
+//! - [`consumer`]: the delivery loop (batching, apply, dead letters, acks, reconnects).
+//! - [`database`]: the pool and `apply` on the blocking pool.
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`startup`]: [`Application`], and the `run`, `migrate` and `healthcheck` commands.
+
+pub mod admin;
+pub mod config;
+pub mod consumer;
+pub mod database;
+pub mod error;
+pub mod startup;
+pub mod telemetry;
+pub mod topology;
+
+pub use config::Settings;
+pub use error::{ConfigError, SessionError};
+pub use startup::{Application, healthcheck, migrate, run};

@@ -1,0 +1,192 @@
+//! Building and running the service: [`Application::build`] binds the admin listener and
+//! reports its port; [`Application::run_until_stopped`] consumes until a shutdown token is
+//! cancelled, then drains within `shutdown.timeout_ms`. Also the `migrate` and `healthcheck`
+//! commands.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use anyhow::Context as _;
+use diesel::{Connection, PgConnection};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{self, Health};
+use crate::config::{Settings, redacted_url};
+use crate::consumer::{self, Context};
+use crate::database::Database;
+use crate::telemetry::Metrics;
+use crate::topology::Topology;
+
+/// The service, built and listening, not yet consuming.
+pub struct Application {
+    admin_port: u16,
+    server: Server,
+    context: Arc<Context>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("admin_port", &self.admin_port)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Validates `settings`, binds the admin listener and prepares the database pool (which
+    /// connects lazily, so the service starts, unready, while PostgreSQL is down).
+    ///
+    /// # Errors
+    ///
+    /// When the settings are invalid or the admin address cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let table = settings.table_name()?;
+        let listen = settings.admin_listen()?;
+        let database = Arc::new(
+            Database::new(&settings.database, table).context("preparing the database pool")?,
+        );
+        let metrics = Metrics::new();
+        let health = Arc::new(Health::new(Arc::clone(&database)));
+        let listener = TcpListener::bind(listen)
+            .with_context(|| format!("binding the admin listener to {listen}"))?;
+        let admin_port = listener.local_addr()?.port();
+        let server = admin::serve(listener, Arc::clone(&health), metrics.clone())
+            .context("starting the admin listener")?;
+        let context = Arc::new(Context {
+            topology: Topology::from_settings(&settings.amqp),
+            settings,
+            database,
+            metrics,
+            health,
+        });
+        Ok(Self {
+            admin_port,
+            server,
+            context,
+        })
+    }
+
+    /// The port the admin listener is bound to.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// The service's metrics (the same values `/metrics` shows).
+    pub fn metrics(&self) -> Metrics {
+        self.context.metrics.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled; then stops consuming, settles the batch in hand,
+    /// closes the channel and the connection and stops the admin listener, within
+    /// `shutdown.timeout_ms` (beyond it, unacknowledged deliveries go back to the queue).
+    ///
+    /// # Errors
+    ///
+    /// Never after a successful build; the signature leaves room for listener failures.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            admin_port,
+            server,
+            context,
+        } = self;
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        info!(
+            admin.port = admin_port,
+            amqp.url = %redacted_url(&context.settings.amqp.url),
+            database.url = %redacted_url(&context.settings.database.url),
+            messaging.destination.name = %context.topology.queue,
+            "metrics-ingest started"
+        );
+        let mut consumer = tokio::spawn(consumer::run(Arc::clone(&context), shutdown.clone()));
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            _ = &mut consumer => {}
+        }
+        context.health.set_draining();
+        context.metrics.set_ready(false);
+        info!("shutdown requested: draining");
+        let drain = Duration::from_millis(context.settings.shutdown.timeout_ms);
+        if tokio::time::timeout(drain, &mut consumer).await.is_err() {
+            warn!(
+                timeout_ms = context.settings.shutdown.timeout_ms,
+                "draining took too long; closing with deliveries unacknowledged (they return to the queue)"
+            );
+            consumer.abort();
+        }
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+        info!("metrics-ingest stopped");
+        Ok(())
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+///
+/// # Errors
+///
+/// When the service cannot be built or the signal handlers cannot be installed.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let application = Application::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    let signals = shutdown_on_signal(shutdown.clone())?;
+    let result = application.run_until_stopped(shutdown).await;
+    signals.abort();
+    result
+}
+
+fn shutdown_on_signal(shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!(signal = "SIGTERM", "signal received"),
+            _ = interrupt.recv() => info!(signal = "SIGINT", "signal received"),
+        }
+        shutdown.cancel();
+    }))
+}
+
+/// Applies the embedded migrations and returns how many ran.
+///
+/// # Errors
+///
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<usize> {
+    let url = settings.database.url.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut conn = PgConnection::establish(url.expose_secret())
+            .with_context(|| format!("connecting to {}", redacted_url(&url)))?;
+        metrics_aggregator::migrate(&mut conn).context("applying the migrations")
+    })
+    .await
+    .context("running the migrations")??;
+    info!(applied, "migrations applied");
+    Ok(applied)
+}
+
+/// Asks the admin listener of `settings` whether the service is ready (for Docker's
+/// `HEALTHCHECK`).
+///
+/// # Errors
+///
+/// When the listener cannot be reached or the service is not ready.
+pub async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    let addr = admin::probe_address(settings.admin_listen()?);
+    let (status, body) = admin::probe(addr, "/readyz", Duration::from_secs(5))
+        .await
+        .with_context(|| format!("asking {addr}/readyz"))?;
+    if status == 200 {
+        Ok(())
+    } else {
+        anyhow::bail!("{addr}/readyz answered {status}: {}", body.trim())
+    }
+}

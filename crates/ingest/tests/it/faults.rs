@@ -1,0 +1,180 @@
+//! Failures mid-stream: a killed process, competing instances, dropped database connections.
+//! Totals stay exact because nothing is acknowledged before it is committed and `apply` is
+//! idempotent.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use metrics_test_support::{TestBroker, TestDatabase, eventually};
+
+use crate::support::{
+    DEADLINE, Running, declare, environment, runs_counted, settings, wait_for_rows, workload,
+};
+
+fn spawn_ingest(settings: &metrics_ingest::Settings) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_metrics-ingest"))
+        .arg("run")
+        .envs(environment(settings))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting metrics-ingest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_counts_exactly() {
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let mut settings = settings(&database, &broker);
+    // Small batches, so the stream is still flowing when the process is killed.
+    settings.batch.size = 10;
+    settings.amqp.prefetch = 50;
+    declare(&broker, &settings).await;
+    let (bodies, expected) = workload(4000);
+    broker
+        .publish_all("agentos.run.completed", bodies.iter().map(Vec::as_slice))
+        .await;
+
+    let mut first = spawn_ingest(&settings);
+    eventually(DEADLINE, || async {
+        let runs = runs_counted(&database).await;
+        if runs > 0 { Ok(()) } else { Err(runs) }
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL: no draining, unacknowledged deliveries return to the queue
+    first.wait().unwrap();
+    let at_kill = runs_counted(&database).await;
+    eprintln!("killed with {at_kill} of 4000 runs counted");
+
+    let mut second = spawn_ingest(&settings);
+    wait_for_rows(&database, &expected).await;
+    eventually(DEADLINE, || async {
+        let ready = broker.ready_count(broker.queue()).await;
+        if ready == 0 { Ok(()) } else { Err(ready) }
+    })
+    .await;
+
+    // SIGTERM: a clean exit with status 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || second.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "metrics-ingest exited with {exit}");
+    wait_for_rows(&database, &expected).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_queue_count_exactly() {
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let mut settings = settings(&database, &broker);
+    settings.batch.size = 25;
+    settings.amqp.prefetch = 100;
+    declare(&broker, &settings).await;
+    let first = Running::start(settings.clone()).await;
+    let second = Running::start(settings).await;
+
+    let (bodies, expected) = workload(3000);
+    broker
+        .publish_all("agentos.run.completed", bodies.iter().map(Vec::as_slice))
+        .await;
+    // The same events again: redeliveries land on either instance and count once.
+    broker
+        .publish_all(
+            "agentos.run.completed",
+            bodies.iter().take(500).map(Vec::as_slice),
+        )
+        .await;
+    wait_for_rows(&database, &expected).await;
+    eventually(DEADLINE, || async {
+        let settled = [&first, &second]
+            .iter()
+            .map(|service| {
+                service
+                    .metrics
+                    .counted(metrics_ingest::telemetry::Outcome::Applied)
+                    + service
+                        .metrics
+                        .counted(metrics_ingest::telemetry::Outcome::Duplicate)
+            })
+            .sum::<u64>();
+        if settled == 3500 {
+            Ok(())
+        } else {
+            Err(settled)
+        }
+    })
+    .await;
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(broker.ready_count(broker.queue()).await, 0);
+    broker.cleanup().await;
+}
+
+/// Ends every connection of the test database but the caller's.
+async fn terminate_connections(database: &TestDatabase) -> usize {
+    let url = database.url().to_owned();
+    let name = database.name().to_owned();
+    tokio::task::spawn_blocking(move || {
+        use diesel::{Connection, RunQueryDsl};
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .execute(&mut conn)
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_database_connections_lose_nothing() {
+    let database = TestDatabase::migrated();
+    let broker = Arc::new(TestBroker::new().await);
+    let mut settings = settings(&database, &broker);
+    settings.batch.size = 20;
+    settings.amqp.prefetch = 100;
+    declare(&broker, &settings).await;
+    let service = Running::start(settings).await;
+
+    let (bodies, expected) = workload(3000);
+    let publisher = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            for chunk in bodies.chunks(300) {
+                broker
+                    .publish_all("agentos.run.completed", chunk.iter().map(Vec::as_slice))
+                    .await;
+            }
+        })
+    };
+    // Drop the service's connections each time it makes progress, five times over.
+    let mut seen = 0;
+    let mut terminated = 0;
+    for _ in 0..5 {
+        seen = eventually(DEADLINE, || async {
+            let runs = runs_counted(&database).await;
+            if runs > seen || runs == 3000 {
+                Ok(runs)
+            } else {
+                Err(runs)
+            }
+        })
+        .await;
+        terminated += terminate_connections(&database).await;
+    }
+    eprintln!("terminated {terminated} connections");
+    publisher.await.unwrap();
+    wait_for_rows(&database, &expected).await;
+    service.stop().await;
+    assert_eq!(broker.ready_count(broker.queue()).await, 0);
+    Arc::into_inner(broker).unwrap().cleanup().await;
+}
