@@ -53,6 +53,10 @@ const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// How long closing a channel or connection may take before it is abandoned.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an acknowledgement or a publisher confirm may take: a broker that does not answer
+/// in this time is treated as gone, and the session reconnects.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// AMQP `delivery-mode` of a persistent message.
 const PERSISTENT: u8 = 2;
 
@@ -138,34 +142,15 @@ async fn consume_on(
     connection: &Connection,
 ) -> Result<(), SessionError> {
     let amqp = &context.settings.amqp;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(SessionError::amqp("opening a channel"))?;
-    context.topology.declare(&channel).await?;
-    channel
-        .basic_qos(amqp.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(SessionError::amqp("setting the prefetch"))?;
-    // Dead letters go out on their own channel in confirm mode, so the original is acknowledged
-    // only once the broker has taken responsibility for its dead letter.
-    let publisher = connection
-        .create_channel()
-        .await
-        .map_err(SessionError::amqp("opening the dead-letter channel"))?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(SessionError::amqp("enabling publisher confirms"))?;
-    let mut consumer = channel
-        .basic_consume(
-            context.topology.queue.as_str().into(),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(SessionError::amqp("starting to consume"))?;
+    // Every step is bounded: a connection that dies mid-setup must not leave a promise pending.
+    let (channel, publisher, mut consumer) = timeout(
+        Duration::from_millis(amqp.connect_timeout_ms),
+        open_channels(context, connection),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout {
+        action: "opening the channels",
+    })??;
 
     if sessions > 0 {
         context.metrics.reconnected("amqp");
@@ -187,6 +172,45 @@ async fn consume_on(
     )
     .await;
     result
+}
+
+/// Opens the consuming channel (topology declared, prefetch set, consumer started) and the
+/// dead-letter channel.
+async fn open_channels(
+    context: &Context,
+    connection: &Connection,
+) -> Result<(Channel, Channel, Consumer), SessionError> {
+    let amqp = &context.settings.amqp;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(SessionError::amqp("opening a channel"))?;
+    context.topology.declare(&channel).await?;
+    channel
+        .basic_qos(amqp.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(SessionError::amqp("setting the prefetch"))?;
+    // Dead letters go out on their own channel in confirm mode, so the original is acknowledged
+    // only once the broker has taken responsibility for its dead letter.
+    let publisher = connection
+        .create_channel()
+        .await
+        .map_err(SessionError::amqp("opening the dead-letter channel"))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(SessionError::amqp("enabling publisher confirms"))?;
+    let consumer = channel
+        .basic_consume(
+            context.topology.queue.as_str().into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SessionError::amqp("starting to consume"))?;
+
+    Ok((channel, publisher, consumer))
 }
 
 /// How gathering a batch ended, other than with a full or timed-out batch.
@@ -216,9 +240,9 @@ async fn consume(
             )
             .await;
         }
-        in_flight.wait().await?;
         match end {
             None => {
+                in_flight.wait().await?;
                 let task = process(
                     Arc::clone(context),
                     publisher.clone(),
@@ -228,6 +252,7 @@ async fn consume(
                 in_flight.handle = Some(tokio::spawn(task));
             }
             Some(End::Shutdown) => {
+                in_flight.wait().await?;
                 info!(
                     deliveries = batch.deliveries.len(),
                     "stopping: settling the batch in hand"
@@ -243,7 +268,14 @@ async fn consume(
                 }
                 return Ok(());
             }
-            Some(End::Closed(err)) => return Err(err),
+            Some(End::Closed(err)) => {
+                // The connection is gone, so the batch being written can no longer be
+                // acknowledged (and an acknowledgement on a dead connection may never resolve):
+                // stop waiting for it. Its deliveries return to the queue; if its transaction
+                // commits anyway, the redelivery counts as a duplicate.
+                in_flight.abort();
+                return Err(err);
+            }
         }
     }
 }
@@ -270,6 +302,12 @@ impl InFlight {
             let result = handle.await.map_err(SessionError::Worker).and_then(|r| r);
             self.handle = None;
             self.result = Some(result);
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
         }
     }
 
@@ -455,11 +493,15 @@ async fn process_batch(
     }
     publish_dead_letters(context, publisher, &deliveries, &refused).await?;
 
-    let acked = last
-        .acker
-        .ack(BasicAckOptions { multiple: true })
-        .await
-        .map_err(SessionError::amqp("acknowledging a batch"))?;
+    let acked = timeout(
+        BROKER_TIMEOUT,
+        last.acker.ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout {
+        action: "acknowledging a batch",
+    })?
+    .map_err(SessionError::amqp("acknowledging a batch"))?;
     if !acked {
         return Err(SessionError::ChannelClosed);
     }
@@ -645,8 +687,11 @@ async fn publish_dead_letters(
         confirms.push(confirm);
     }
     for confirm in confirms {
-        let confirmation = confirm
+        let confirmation = timeout(BROKER_TIMEOUT, confirm)
             .await
+            .map_err(|_| SessionError::Timeout {
+                action: "confirming a dead letter",
+            })?
             .map_err(SessionError::amqp("confirming a dead letter"))?;
         if !confirmation.is_ack() {
             return Err(SessionError::DeadLetterRefused);

@@ -1,6 +1,6 @@
-//! Failures mid-stream: a killed process, competing instances, dropped database connections.
-//! Totals stay exact because nothing is acknowledged before it is committed and `apply` is
-//! idempotent.
+//! Failures mid-stream: a killed process, competing instances, lost broker and database
+//! connections. Totals stay exact because nothing is acknowledged before it is committed and
+//! `apply` is idempotent.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 
 use crate::support::{
-    DEADLINE, Running, declare, environment, runs_counted, settings, wait_for_rows, workload,
+    DEADLINE, Proxy, Running, declare, environment, runs_counted, settings, wait_for_rows, workload,
 };
 
 fn spawn_ingest(settings: &metrics_ingest::Settings) -> Child {
@@ -176,5 +176,52 @@ async fn dropped_database_connections_lose_nothing() {
     wait_for_rows(&database, &expected).await;
     service.stop().await;
     assert_eq!(broker.ready_count(broker.queue()).await, 0);
+    Arc::into_inner(broker).unwrap().cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connection_lost_mid_stream_reconnects_and_loses_nothing() {
+    let database = TestDatabase::migrated();
+    let broker = Arc::new(TestBroker::new().await);
+    let mut settings = settings(&database, &broker);
+    settings.batch.size = 20;
+    settings.amqp.prefetch = 100;
+    let mut url = url::Url::parse(broker.url()).unwrap();
+    let proxy = Proxy::start(url.socket_addrs(|| Some(5672)).unwrap()[0]).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    settings.amqp.url = String::from(url).into();
+    declare(&broker, &settings).await;
+    let service = Running::start(settings).await;
+
+    let (bodies, expected) = workload(3000);
+    broker
+        .publish_all("agentos.run.completed", bodies.iter().map(Vec::as_slice))
+        .await;
+    // Cut the service's broker connection each time it makes progress, three times over.
+    let mut seen = 0;
+    for _ in 0..3 {
+        seen = eventually(DEADLINE, || async {
+            let runs = runs_counted(&database).await;
+            if runs > seen || runs == 3000 {
+                Ok(runs)
+            } else {
+                Err(runs)
+            }
+        })
+        .await;
+        proxy.cut();
+    }
+    wait_for_rows(&database, &expected).await;
+    eventually(DEADLINE, || async {
+        let ready = broker.ready_count(broker.queue()).await;
+        if ready == 0 { Ok(()) } else { Err(ready) }
+    })
+    .await;
+    let text = service.metrics.encode().unwrap();
+    assert!(
+        !text.contains("metrics_ingest_reconnects_total{dependency=\"amqp\"} 0"),
+        "{text}"
+    );
+    service.stop().await;
     Arc::into_inner(broker).unwrap().cleanup().await;
 }

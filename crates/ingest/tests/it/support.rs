@@ -229,3 +229,51 @@ pub async fn wait_for_rows(database: &TestDatabase, expected: &[DaySummary]) {
     })
     .await;
 }
+
+/// A loopback TCP proxy in front of RabbitMQ whose connections the test can cut, as if the
+/// broker went away.
+pub struct Proxy {
+    pub port: u16,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = std::sync::Arc::clone(&connections);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every proxied connection; new ones are accepted again.
+    pub fn cut(&self) -> usize {
+        let handles: Vec<_> = self.connections.lock().unwrap().drain(..).collect();
+        for handle in &handles {
+            handle.abort();
+        }
+        handles.len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
