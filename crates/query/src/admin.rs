@@ -1,5 +1,5 @@
 //! The admin listener, on its own port and without authentication: `/livez` (the process
-//! answers), `/readyz` (every configured database answers, and not draining), and Prometheus
+//! answers), `/readyz` (every configured database answers a read, and not draining), and Prometheus
 //! text at `/metrics`. Also the client side of `metrics-query healthcheck`.
 
 use std::io::{Read, Write};
@@ -12,9 +12,9 @@ use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
-use diesel::connection::SimpleConnection;
 use serde_json::json;
 
+use crate::cache::STAMP_ONLY;
 use crate::routes;
 use crate::startup::Databases;
 use crate::telemetry::Metrics;
@@ -65,8 +65,11 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     let mut failed = Vec::new();
     for database in state.databases.iter() {
         let pool = database.pool.clone();
+        let table = database.tables.first().cloned().unwrap_or_default();
+        // The same read the API does, of no day: the database answers and holds the schema.
         let check = web::block(move || -> anyhow::Result<()> {
-            pool.get()?.batch_execute("SELECT 1")?;
+            let mut conn = pool.get()?;
+            metrics_aggregator::read(&mut conn, table.as_str(), STAMP_ONLY)?;
             Ok(())
         });
         let outcome = match tokio::time::timeout(state.timeout, check).await {

@@ -31,8 +31,19 @@ pub struct Settings {
     pub databases: Vec<DatabaseSettings>,
     /// Most connections each database's pool holds.
     pub pool_size: u32,
+    /// The response cache.
+    pub cache: CacheSettings,
     /// Logging.
     pub log: LogSettings,
+}
+
+/// The response cache ([`crate::cache`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Most responses kept; 0 disables the cache.
+    pub entries: usize,
+    /// Longest an entry is reused.
+    pub max_age: Duration,
 }
 
 /// The public API listener.
@@ -105,7 +116,14 @@ struct RawSettings {
     auth: RawAuth,
     database: RawDatabase,
     databases: Vec<RawExtraDatabase>,
+    cache: RawCache,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawCache {
+    entries: usize,
+    max_age_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +278,10 @@ impl Settings {
             },
             databases,
             pool_size: raw.database.pool_size,
+            cache: CacheSettings {
+                entries: raw.cache.entries,
+                max_age: Duration::from_millis(raw.cache.max_age_ms),
+            },
             log: LogSettings {
                 level: raw.log.level,
                 json,
@@ -313,6 +335,13 @@ mod tests {
         assert_eq!(settings.http.workers, 0);
         assert_eq!(settings.http.request_timeout, Duration::from_secs(5));
         assert_eq!(settings.pool_size, 8);
+        assert_eq!(
+            settings.cache,
+            CacheSettings {
+                entries: 32,
+                max_age: Duration::from_secs(1)
+            }
+        );
         assert!(settings.auth.security_key.is_none());
         assert_eq!(settings.databases.len(), 1);
         assert_eq!(settings.databases[0].id, "default");

@@ -7,6 +7,7 @@
 //! - [`routes`]: `GET /metrics`, `GET /openapi.json`, and the 404 and 405 fallbacks.
 //! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
 //! - [`auth`]: the bearer key check.
+//! - [`cache`]: rendered responses reused while their table is unchanged.
 //! - [`admin`]: probes, Prometheus text, and the `healthcheck` client.
 //! - [`telemetry`]: the log subscriber and the metric definitions.
 //!
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod routes;

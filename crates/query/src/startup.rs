@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::admin;
+use crate::cache::PageCache;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::routes;
@@ -61,15 +62,19 @@ impl Database {
 pub struct Databases(Vec<Database>);
 
 impl Databases {
-    /// The database with id `id`, or the default one when `None`.
+    /// The database with id `id`, or the default one when `None`, with its position.
     ///
     /// # Errors
     ///
     /// [`ApiError::NotFound`] for an id that is not configured.
-    pub fn find(&self, id: Option<&str>) -> Result<&Database, ApiError> {
+    pub fn find(&self, id: Option<&str>) -> Result<(usize, &Database), ApiError> {
         let found = match id {
-            None => self.0.first(),
-            Some(id) => self.0.iter().find(|database| database.id == id),
+            None => self.0.first().map(|database| (0, database)),
+            Some(id) => self
+                .0
+                .iter()
+                .enumerate()
+                .find(|(_, database)| database.id == id),
         };
         found.ok_or_else(|| {
             ApiError::NotFound(format!(
@@ -96,6 +101,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Rendered responses; `None` when `cache.entries` is 0.
+    pub cache: Option<Arc<PageCache>>,
 }
 
 /// The service with both listeners bound, not yet serving.
@@ -147,6 +154,12 @@ impl Application {
             security_key: settings.auth.security_key.clone(),
             request_timeout: settings.http.request_timeout,
             metrics: metrics.clone(),
+            cache: (settings.cache.entries > 0).then(|| {
+                Arc::new(PageCache::new(
+                    settings.cache.entries,
+                    settings.cache.max_age,
+                ))
+            }),
         });
 
         let listener = TcpListener::bind(settings.http.listen)

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bigdecimal::ToPrimitive;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
@@ -16,6 +17,7 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth;
+use crate::cache::{PageKey, STAMP_ONLY};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -122,14 +124,35 @@ pub async fn get_metrics(
     auth::authenticate(&request, state.security_key.as_ref())?;
     let query = MetricsQuery::parse(request.query_string())?;
     let range = query.range()?;
-    let database = state.databases.find(query.db_id.as_deref())?;
-    let table = database.table(query.table.as_deref())?.clone();
+    let (position, database) = state.databases.find(query.db_id.as_deref())?;
+    let key = PageKey {
+        database: position,
+        table: database.table(query.table.as_deref())?.clone(),
+        start: range.start,
+        end: range.end,
+    };
     let pool = database.pool.clone();
+    let cache = state.cache.clone();
     let timeout = state.request_timeout;
-    let read = web::block(move || -> anyhow::Result<Vec<u8>> {
+    // Sync diesel on the blocking pool (see the aggregator's crate docs); the timeout below
+    // answers the client even while the thread still waits on the database.
+    let read = web::block(move || -> anyhow::Result<Bytes> {
         let mut conn = pool.get()?;
-        let page = metrics_aggregator::read(&mut conn, table.as_str(), range)?;
-        Ok(render(&page)?)
+        let table = key.table.as_str();
+        if let Some(cache) = &cache
+            && let Some(stamp) = metrics_aggregator::read(&mut conn, table, STAMP_ONLY)?.updated_at
+            && let Some(body) = cache.get(&key, stamp)
+        {
+            return Ok(body);
+        }
+        let page = metrics_aggregator::read(&mut conn, table, range)?;
+        let body = Bytes::from(render(&page)?);
+        if let Some(cache) = &cache
+            && let Some(stamp) = page.updated_at
+        {
+            cache.put(key, stamp, body.clone());
+        }
+        Ok(body)
     });
     let body = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(Ok(body))) => body,

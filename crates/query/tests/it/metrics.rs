@@ -278,3 +278,38 @@ async fn a_year_of_rows_is_served_by_range() {
     assert_eq!(body["metrics"][364]["token_metrics"]["input_tokens"], 424);
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_write_is_visible_to_the_next_request_despite_the_cache() {
+    let db = TestDatabase::migrated();
+    two_days(&db, "agno_metrics");
+    let mut settings = settings(db.url());
+    settings.cache.max_age = std::time::Duration::from_secs(3600);
+    let app = TestApp::spawn(settings);
+    let before = two_days_body(&db, "agno_metrics", &[0, 1]);
+    assert_eq!(
+        app.get("/metrics", &[]).await.status_json(),
+        (200, before.clone())
+    );
+    assert_eq!(app.get("/metrics", &[]).await.status_json(), (200, before));
+
+    write(
+        &db,
+        "agno_metrics",
+        &[session("s7", "2025-07-31T12:00:00Z", Agent, Some("user-7"))],
+    );
+
+    let after = app.get("/metrics", &[]).await.json();
+    assert_eq!(after["metrics"][1]["agent_sessions_count"], 1);
+    assert_eq!(after["metrics"][1]["users_count"], 3);
+    assert_eq!(
+        after["updated_at"],
+        json!(
+            stored(&db, "agno_metrics")
+                .updated_at
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Secs, true)
+        )
+    );
+    app.stop().await;
+}
