@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Integer, Timestamptz};
+use diesel::sql_types::{Array, Integer, Text, Timestamptz};
 use diesel::upsert::excluded;
 use metrics_events::{Event, EventKind, SessionType};
 
@@ -125,19 +125,17 @@ fn apply_in_transaction(
         .collect();
     run_ids.sort_unstable();
     run_ids.dedup();
-    let stored_runs: Vec<RunRecord> = runs::table
-        .filter(runs::table_id.eq(table.0))
-        .filter(runs::run_id.eq_any(&run_ids))
-        .select(RunRecord::as_select())
+    let stored_runs: Vec<RunRecord> = diesel::sql_query(LOAD_RUNS)
+        .bind::<Integer, _>(table.0)
+        .bind::<Array<Text>, _>(&run_ids)
         .load(conn)?;
 
     let mut session_ids: Vec<&str> = events.iter().map(Event::session_id).collect();
     session_ids.sort_unstable();
     session_ids.dedup();
-    let stored_sessions: Vec<SessionRecord> = sessions::table
-        .filter(sessions::table_id.eq(table.0))
-        .filter(sessions::session_id.eq_any(&session_ids))
-        .select(SessionRecord::as_select())
+    let stored_sessions: Vec<SessionRecord> = diesel::sql_query(LOAD_SESSIONS)
+        .bind::<Integer, _>(table.0)
+        .bind::<Array<Text>, _>(&session_ids)
         .load(conn)?;
 
     let mut users: Vec<DayUser> = events.iter().map(|event| day_user(table, event)).collect();
@@ -178,6 +176,16 @@ fn apply_in_transaction(
     write_days(conn, &rows)?;
     Ok(ApplyReport { outcomes })
 }
+
+/// The stored runs of a batch's run ids ($1 table id, $2 run ids). Joining the unnested keys
+/// probes the primary key once per key whatever the statistics say; `run_id = ANY($2)` lets the
+/// planner pick a sequential scan that compares every row with every key.
+const LOAD_RUNS: &str = "SELECT r.* FROM unnest($2::text[]) AS k (run_id) \
+     JOIN runs r ON r.table_id = $1 AND r.run_id = k.run_id";
+
+/// The stored sessions of a batch's session ids ($1 table id, $2 session ids); see `LOAD_RUNS`.
+const LOAD_SESSIONS: &str = "SELECT s.* FROM unnest($2::text[]) AS k (session_id) \
+     JOIN sessions s ON s.table_id = $1 AND s.session_id = k.session_id";
 
 fn day_user(table: TableId, event: &Event) -> DayUser {
     DayUser {

@@ -200,7 +200,7 @@ impl FromSql<Text, Pg> for StoredSessionType {
 }
 
 /// The counted `run.completed` of one run.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = runs, check_for_backend(Pg))]
 pub(crate) struct RunRecord {
     pub table_id: i32,
@@ -248,7 +248,7 @@ impl RunRecord {
 }
 
 /// The counted state of one session.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = sessions, check_for_backend(Pg))]
 pub(crate) struct SessionRecord {
     pub table_id: i32,

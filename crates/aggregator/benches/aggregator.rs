@@ -1,0 +1,165 @@
+//! `apply` throughput and `rebuild` time against the local PostgreSQL.
+//!
+//! ```text
+//! cargo bench -p metrics-aggregator --bench aggregator
+//! ```
+//!
+//! Uses a throwaway database on `TEST_DATABASE_URL` (default: loopback). Prints one line per
+//! figure; `BENCHMARKS.md` records them.
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "a benchmark binary reports on stdout and fails loudly"
+)]
+
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use metrics_aggregator::schema::daily_metrics;
+use metrics_aggregator::{DateRange, TableName, apply, rebuild, register_table};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_test_support::TestDatabase;
+
+/// A realistic stream: each session opens with `session.created` and has three runs; `users`
+/// users; the sessions spread evenly over `days` days from 2025-01-01.
+fn stream(sessions: usize, users: usize, days: i64) -> Vec<Event> {
+    let start = DateTime::<Utc>::from_timestamp(1_735_689_600, 0).unwrap();
+    let span = Duration::days(days).num_seconds();
+    let mut events = Vec::with_capacity(sessions * 4);
+    for s in 0..sessions {
+        let offset = i64::try_from(s).unwrap() * span / i64::try_from(sessions).unwrap();
+        let time = start + Duration::seconds(offset);
+        let session_type = SessionType::ALL[s % 3];
+        let user_id = Some(format!("user-{}", s % users));
+        let session_id = format!("session-{s}");
+        events.push(Event {
+            source: "agno://bench".to_owned(),
+            id: format!("created-{s}"),
+            time,
+            kind: EventKind::SessionCreated(SessionCreated {
+                session_id: session_id.clone(),
+                session_type,
+                user_id: user_id.clone(),
+            }),
+        });
+        for r in 0..3 {
+            let input = i64::try_from(100 + s % 1000).unwrap();
+            events.push(Event {
+                source: "agno://bench".to_owned(),
+                id: format!("run-{s}-{r}"),
+                time: time + Duration::seconds(10 * (r + 1)),
+                kind: EventKind::RunCompleted(RunCompleted {
+                    run_id: format!("run-{s}-{r}"),
+                    session_id: session_id.clone(),
+                    session_type,
+                    user_id: user_id.clone(),
+                    parent_run_id: None,
+                    model: Some(["gpt-4o", "claude-sonnet", "gemini"][s % 3].to_owned()),
+                    model_provider: Some(["OpenAI", "Anthropic", "Google"][s % 3].to_owned()),
+                    usage: Usage {
+                        input_tokens: input,
+                        output_tokens: input / 3,
+                        total_tokens: input + input / 3,
+                        cached_tokens: input / 10,
+                        cost: "0.00125".parse().unwrap(),
+                        ..Usage::default()
+                    },
+                }),
+            });
+        }
+    }
+    events
+}
+
+/// Peak resident memory of this process, from `/proc/self/status`.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    // `cargo bench ... -- apply` or `-- rebuild` runs one part; cargo's own flags are ignored.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let wants = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let db = TestDatabase::migrated();
+    let mut conn = db.connect();
+
+    if wants("apply") {
+        bench_apply(&mut conn);
+    }
+    if wants("rebuild") {
+        bench_rebuild(&mut conn);
+    }
+}
+
+fn bench_apply(conn: &mut PgConnection) {
+    for (batch, sessions) in [(1usize, 1_000usize), (100, 10_000), (1_000, 25_000)] {
+        let name: TableName = format!("apply_batch_{batch}").parse().unwrap();
+        let table = register_table(conn, &name).unwrap();
+        let events = stream(sessions, 100, 7);
+        let started = Instant::now();
+        for chunk in events.chunks(batch) {
+            apply(conn, table, chunk).unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "apply: batches of {batch:>5}: {:>7} events in {elapsed:>6.2} s = {:>8.0} events/s",
+            events.len(),
+            events.len() as f64 / elapsed
+        );
+    }
+}
+
+fn bench_rebuild(conn: &mut PgConnection) {
+    let name: TableName = "rebuild_year".parse().unwrap();
+    let table = register_table(conn, &name).unwrap();
+    let events = stream(100_000, 100, 365);
+    let started = Instant::now();
+    for chunk in events.chunks(1_000) {
+        apply(conn, table, chunk).unwrap();
+    }
+    let seeded = started.elapsed().as_secs_f64();
+    println!(
+        "seed: a year of 100,000 sessions and 300,000 runs ({} events) applied in {seeded:.2} s",
+        events.len()
+    );
+    drop(events);
+    let rss_before = peak_rss_mib();
+
+    let started = Instant::now();
+    let report = rebuild(conn, table, DateRange::default()).unwrap();
+    println!(
+        "rebuild: a year, rows already exact: {:.3} s ({report:?})",
+        started.elapsed().as_secs_f64()
+    );
+
+    diesel::delete(daily_metrics::table.filter(daily_metrics::table_id.eq(table.get())))
+        .execute(conn)
+        .unwrap();
+    let started = Instant::now();
+    let report = rebuild(conn, table, DateRange::default()).unwrap();
+    println!(
+        "rebuild: a year, every row rewritten: {:.3} s ({report:?})",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "memory: peak RSS {:.1} MiB before the rebuilds (holding the generated events), {:.1} MiB \
+         after them",
+        rss_before,
+        peak_rss_mib()
+    );
+}
