@@ -72,12 +72,57 @@ fn stream(sessions: usize, users: usize, days: i64) -> Vec<Event> {
     events
 }
 
-/// Peak resident memory of this process, from `/proc/self/status`.
+#[derive(QueryableByName)]
+struct Size {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rows: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes: i64,
+}
+
+/// Bytes on disk (heap, indexes, TOAST) per stored row of each table.
+fn storage(conn: &mut PgConnection) {
+    diesel::sql_query("VACUUM ANALYZE").execute(conn).unwrap();
+    let sizes: Vec<Size> = diesel::sql_query(
+        "SELECT c.relname::text AS name, c.reltuples::bigint AS rows, \
+         pg_total_relation_size(c.oid) AS bytes FROM pg_class c \
+         WHERE c.relname IN ('runs', 'sessions', 'day_users', 'daily_metrics') ORDER BY 1",
+    )
+    .load(conn)
+    .unwrap();
+    for size in sizes {
+        println!(
+            "storage: {:<13} {:>8} rows {:>10} bytes = {:>5} bytes per row",
+            size.name,
+            size.rows,
+            size.bytes,
+            size.bytes / size.rows.max(1)
+        );
+    }
+}
+
+/// Resets the peak resident memory of this process to its current value (Linux `clear_refs`).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// Peak resident memory of this process since start or [`reset_peak_rss`].
 fn peak_rss_mib() -> f64 {
+    rss_field("VmHWM:")
+}
+
+/// Resident memory of this process now.
+fn rss_mib() -> f64 {
+    rss_field("VmRSS:")
+}
+
+fn rss_field(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| {
             rest.trim()
                 .trim_end_matches("kB")
@@ -138,7 +183,9 @@ fn bench_rebuild(conn: &mut PgConnection) {
         events.len()
     );
     drop(events);
-    let rss_before = peak_rss_mib();
+    storage(conn);
+    reset_peak_rss();
+    let rss_before = rss_mib();
 
     let started = Instant::now();
     let report = rebuild(conn, table, DateRange::default()).unwrap();
@@ -157,9 +204,7 @@ fn bench_rebuild(conn: &mut PgConnection) {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "memory: peak RSS {:.1} MiB before the rebuilds (holding the generated events), {:.1} MiB \
-         after them",
-        rss_before,
+        "memory: resident {rss_before:.1} MiB before the rebuilds, peak {:.1} MiB during them",
         peak_rss_mib()
     );
 }

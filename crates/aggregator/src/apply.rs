@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Integer, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Date, Integer, Nullable, Numeric, Text, Timestamptz};
 use diesel::upsert::excluded;
 use metrics_events::{Event, EventKind, SessionType};
 
@@ -31,7 +31,7 @@ use crate::error::ApplyError;
 use crate::models::{
     DailyMetrics, DayUser, ModelCount, RunRecord, SessionRecord, StoredSessionType,
 };
-use crate::schema::{daily_metrics, day_users, runs, sessions};
+use crate::schema::{daily_metrics, runs, sessions};
 use crate::tables::TableId;
 
 /// The first key of the advisory lock that serialises writers of a metrics table ("metr" as
@@ -116,41 +116,55 @@ fn apply_in_transaction(
 ) -> Result<ApplyReport, ApplyError> {
     let now = lock_table(conn, table)?;
 
-    let mut run_ids: Vec<&str> = events
+    // What the batch alone makes of each run and session: its winners and merged sessions.
+    // Inserting them where the key is new settles the common case in one statement each;
+    // only keys already stored are read back and folded against their stored state.
+    let mut alone = Plan::new(table, Vec::new(), Vec::new(), HashSet::new());
+    for event in events {
+        alone.observe(event);
+    }
+    let candidate_runs = alone.changed_runs();
+    let fresh_runs = insert_new_runs(conn, &candidate_runs)?;
+    let stored_run_ids: Vec<&str> = candidate_runs
         .iter()
-        .filter_map(|event| match &event.kind {
-            EventKind::RunCompleted(run) => Some(run.run_id.as_str()),
-            EventKind::SessionCreated(_) => None,
-        })
+        .map(|run| run.run_id.as_str())
+        .filter(|id| !fresh_runs.contains(*id))
         .collect();
-    run_ids.sort_unstable();
-    run_ids.dedup();
-    let stored_runs: Vec<RunRecord> = diesel::sql_query(LOAD_RUNS)
-        .bind::<Integer, _>(table.0)
-        .bind::<Array<Text>, _>(&run_ids)
-        .load(conn)?;
+    let stored_runs: Vec<RunRecord> = if stored_run_ids.is_empty() {
+        Vec::new()
+    } else {
+        diesel::sql_query(LOAD_RUNS)
+            .bind::<Integer, _>(table.0)
+            .bind::<Array<Text>, _>(&stored_run_ids)
+            .load(conn)?
+    };
 
-    let mut session_ids: Vec<&str> = events.iter().map(Event::session_id).collect();
-    session_ids.sort_unstable();
-    session_ids.dedup();
-    let stored_sessions: Vec<SessionRecord> = diesel::sql_query(LOAD_SESSIONS)
-        .bind::<Integer, _>(table.0)
-        .bind::<Array<Text>, _>(&session_ids)
-        .load(conn)?;
+    let candidate_sessions = alone.changed_sessions();
+    let fresh_sessions = insert_new_sessions(conn, &candidate_sessions)?;
+    let stored_session_ids: Vec<&str> = candidate_sessions
+        .iter()
+        .map(|session| session.session_id.as_str())
+        .filter(|id| !fresh_sessions.contains(*id))
+        .collect();
+    let stored_sessions: Vec<SessionRecord> = if stored_session_ids.is_empty() {
+        Vec::new()
+    } else {
+        diesel::sql_query(LOAD_SESSIONS)
+            .bind::<Integer, _>(table.0)
+            .bind::<Array<Text>, _>(&stored_session_ids)
+            .load(conn)?
+    };
 
     let mut users: Vec<DayUser> = events.iter().map(|event| day_user(table, event)).collect();
     users.sort_unstable();
     users.dedup();
-    let mut new_users = HashSet::new();
-    for chunk in users.chunks(CHUNK_ROWS) {
-        new_users.extend(
-            diesel::insert_into(day_users::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .returning((day_users::table_id, day_users::date, day_users::user_id))
-                .get_results::<DayUser>(conn)?,
-        );
-    }
+    let new_users: HashSet<DayUser> = diesel::sql_query(INSERT_DAY_USERS)
+        .bind::<Integer, _>(table.0)
+        .bind::<Array<Date>, _>(users.iter().map(|u| u.date).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>())
+        .load::<DayUser>(conn)?
+        .into_iter()
+        .collect();
 
     let mut plan = Plan::new(table, stored_runs, stored_sessions, new_users);
     let outcomes = events.iter().map(|event| plan.observe(event)).collect();
@@ -171,8 +185,19 @@ fn apply_in_transaction(
         }
     }
 
-    write_runs(conn, &plan.changed_runs())?;
-    write_sessions(conn, &plan.changed_sessions())?;
+    // Fresh keys were written above with exactly the state the fold ends with.
+    let replaced_runs: Vec<&RunRecord> = plan
+        .changed_runs()
+        .into_iter()
+        .filter(|run| !fresh_runs.contains(&run.run_id))
+        .collect();
+    let moved_sessions: Vec<&SessionRecord> = plan
+        .changed_sessions()
+        .into_iter()
+        .filter(|session| !fresh_sessions.contains(&session.session_id))
+        .collect();
+    write_runs(conn, &replaced_runs)?;
+    write_sessions(conn, &moved_sessions)?;
     write_days(conn, &rows)?;
     Ok(ApplyReport { outcomes })
 }
@@ -186,6 +211,111 @@ const LOAD_RUNS: &str = "SELECT r.* FROM unnest($2::text[]) AS k (run_id) \
 /// The stored sessions of a batch's session ids ($1 table id, $2 session ids); see `LOAD_RUNS`.
 const LOAD_SESSIONS: &str = "SELECT s.* FROM unnest($2::text[]) AS k (session_id) \
      JOIN sessions s ON s.table_id = $1 AND s.session_id = k.session_id";
+
+#[derive(QueryableByName)]
+struct InsertedKey {
+    #[diesel(sql_type = Text)]
+    key: String,
+}
+
+/// Inserts the runs whose `run_id` is not stored yet; returns those run ids.
+fn insert_new_runs(conn: &mut PgConnection, runs: &[&RunRecord]) -> QueryResult<HashSet<String>> {
+    let Some(first) = runs.first() else {
+        return Ok(HashSet::new());
+    };
+    let column = |value: fn(&RunRecord) -> i64| runs.iter().map(|r| value(r)).collect::<Vec<_>>();
+    diesel::sql_query(INSERT_RUNS)
+        .bind::<Integer, _>(first.table_id)
+        .bind::<Array<Text>, _>(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(runs.iter().map(|r| r.date).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(runs.iter().map(|r| r.time).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(runs.iter().map(|r| r.source.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(runs.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            runs.iter()
+                .map(|r| r.session_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            runs.iter()
+                .map(|r| r.session_type.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            runs.iter().map(|r| r.model.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            runs.iter()
+                .map(|r| r.model_provider.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<BigInt>, _>(column(|r| r.input_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.output_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.total_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.audio_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.input_audio_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.output_audio_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.cached_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.cache_write_tokens))
+        .bind::<Array<BigInt>, _>(column(|r| r.reasoning_tokens))
+        .bind::<Array<Numeric>, _>(runs.iter().map(|r| &r.cost).collect::<Vec<_>>())
+        .load::<InsertedKey>(conn)
+        .map(|keys| keys.into_iter().map(|k| k.key).collect())
+}
+
+/// Inserts the sessions whose `session_id` is not stored yet; returns those session ids.
+fn insert_new_sessions(
+    conn: &mut PgConnection,
+    sessions: &[&SessionRecord],
+) -> QueryResult<HashSet<String>> {
+    let Some(first) = sessions.first() else {
+        return Ok(HashSet::new());
+    };
+    diesel::sql_query(INSERT_SESSIONS)
+        .bind::<Integer, _>(first.table_id)
+        .bind::<Array<Text>, _>(
+            sessions
+                .iter()
+                .map(|s| s.session_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Date>, _>(sessions.iter().map(|s| s.date).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.first_time).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            sessions
+                .iter()
+                .map(|s| s.session_type.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bool>, _>(sessions.iter().map(|s| s.type_from_run).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.type_time).collect::<Vec<_>>())
+        .load::<InsertedKey>(conn)
+        .map(|keys| keys.into_iter().map(|k| k.key).collect())
+}
+
+/// New runs, one array per column: a statement of constant text whatever the batch size, where
+/// a multi-row `VALUES` list would be parsed and planned anew for every size.
+const INSERT_RUNS: &str = "INSERT INTO runs (table_id, run_id, date, time, source, event_id, \
+     session_id, session_type, model, model_provider, input_tokens, output_tokens, total_tokens, \
+     audio_tokens, input_audio_tokens, output_audio_tokens, cached_tokens, cache_write_tokens, \
+     reasoning_tokens, cost) \
+     SELECT $1, * FROM unnest($2::text[], $3::date[], $4::timestamptz[], $5::text[], $6::text[], \
+     $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], \
+     $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], \
+     $20::numeric[]) \
+     ON CONFLICT (table_id, run_id) DO NOTHING RETURNING run_id AS key";
+
+/// New sessions, one array per column; see `INSERT_RUNS`.
+const INSERT_SESSIONS: &str = "INSERT INTO sessions (table_id, session_id, date, first_time, \
+     session_type, type_from_run, type_time) \
+     SELECT $1, * FROM unnest($2::text[], $3::date[], $4::timestamptz[], $5::text[], \
+     $6::bool[], $7::timestamptz[]) \
+     ON CONFLICT (table_id, session_id) DO NOTHING RETURNING session_id AS key";
+
+/// A batch's distinct (day, user) pairs; returns those not seen before.
+const INSERT_DAY_USERS: &str = "INSERT INTO day_users (table_id, date, user_id) \
+     SELECT $1, * FROM unnest($2::date[], $3::text[]) \
+     ON CONFLICT DO NOTHING RETURNING table_id, date, user_id";
 
 fn day_user(table: TableId, event: &Event) -> DayUser {
     DayUser {

@@ -261,7 +261,9 @@ pub(crate) struct SessionRecord {
 }
 
 /// A user (or, with `""`, an event without one) seen on a day.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Queryable, Insertable)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Queryable, QueryableByName, Insertable,
+)]
 #[diesel(table_name = day_users, check_for_backend(Pg))]
 pub(crate) struct DayUser {
     pub table_id: i32,
