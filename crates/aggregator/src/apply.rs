@@ -99,10 +99,15 @@ struct LockedAt {
     now: DateTime<Utc>,
 }
 
-/// Takes the table's writer lock for the rest of the transaction and returns the transaction's
-/// time, which stamps the rows it changes.
+/// Takes the table's writer lock for the rest of the transaction and returns the time it was
+/// granted, which stamps the rows the transaction changes.
+///
+/// `clock_timestamp()` is read after the lock is granted, so the stamps of one metrics table
+/// increase strictly from commit to commit: the table-wide latest `updated_at` changes with every
+/// write and readers may use it to tell whether anything changed. (`now()`, the transaction's
+/// start, could precede the stamp of a writer that committed while this one waited.)
 pub(crate) fn lock_table(conn: &mut PgConnection, table: TableId) -> QueryResult<DateTime<Utc>> {
-    diesel::sql_query("SELECT now() AS now FROM pg_advisory_xact_lock($1, $2)")
+    diesel::sql_query("SELECT clock_timestamp() AS now FROM pg_advisory_xact_lock($1, $2)")
         .bind::<Integer, _>(APPLY_LOCK_CLASS)
         .bind::<Integer, _>(table.0)
         .get_result::<LockedAt>(conn)

@@ -6,7 +6,7 @@
 //! changes nothing: both compute the same function of the same records.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Date, Integer};
+use diesel::sql_types::{Date, Integer, Timestamptz};
 use metrics_events::{MAX_DATE, MIN_DATE};
 
 use crate::apply::lock_table;
@@ -37,11 +37,12 @@ pub fn rebuild(
     let start = range.start.unwrap_or(MIN_DATE);
     let end = range.end.unwrap_or(MAX_DATE);
     conn.transaction(|conn| {
-        lock_table(conn, table)?;
+        let now = lock_table(conn, table)?;
         let rows_written = diesel::sql_query(UPSERT_DAYS)
             .bind::<Integer, _>(table.0)
             .bind::<Date, _>(start)
             .bind::<Date, _>(end)
+            .bind::<Timestamptz, _>(now)
             .execute(conn)?;
         let rows_deleted = diesel::sql_query(DELETE_EMPTY_DAYS)
             .bind::<Integer, _>(table.0)
@@ -55,7 +56,8 @@ pub fn rebuild(
     })
 }
 
-/// $1 table id, $2 and $3 the inclusive date range. Each aggregate reads one table through its
+/// $1 table id, $2 and $3 the inclusive date range, $4 the time stamping changed rows (see
+/// `lock_table`). Each aggregate reads one table through its
 /// `(table_id, date)` index; `COLLATE "C"` orders model ids by bytes, as `apply` does.
 const UPSERT_DAYS: &str = r#"
 WITH days AS (
@@ -120,7 +122,7 @@ SELECT $1, days.date,
     coalesce(r.audio_tokens, 0), coalesce(r.input_audio_tokens, 0),
     coalesce(r.output_audio_tokens, 0), coalesce(r.cached_tokens, 0),
     coalesce(r.cache_write_tokens, 0), coalesce(r.reasoning_tokens, 0),
-    coalesce(r.cost, 0), coalesce(m.model_metrics, '[]'::jsonb), now(), now()
+    coalesce(r.cost, 0), coalesce(m.model_metrics, '[]'::jsonb), $4, $4
 FROM days
 LEFT JOIN run_days r USING (date)
 LEFT JOIN session_days s USING (date)

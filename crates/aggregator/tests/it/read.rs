@@ -100,5 +100,8 @@ fn a_days_row_keeps_its_id_and_created_at_as_it_changes() {
         ),
         (first[0].id, first[0].created_at, 2)
     );
-    assert!(second[0].updated_at >= first[0].updated_at);
+    assert!(
+        second[0].updated_at > first[0].updated_at,
+        "every change moves updated_at on"
+    );
 }
