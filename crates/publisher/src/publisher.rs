@@ -1,0 +1,255 @@
+//! The publisher: one connection, a channel in confirm mode, reconnects with backoff.
+
+use std::time::Duration;
+
+use lapin::PublisherConfirm;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use metrics_events::Event;
+use tokio::sync::Mutex;
+use tokio::time::{sleep, timeout};
+
+use crate::message::OutgoingMessage;
+
+/// How a [`Publisher`] connects and retries.
+#[derive(Debug, Clone)]
+pub struct PublisherOptions {
+    /// The producers' exchange (`agentos.events`); declared (topic, durable) at each connect,
+    /// so publishing works before any consumer has started.
+    pub exchange: String,
+    /// The connection name shown in the RabbitMQ management UI.
+    pub connection_name: String,
+    /// Messages published before waiting for their confirms.
+    pub window: usize,
+    /// Attempts at one window before giving up: each failed attempt reconnects first.
+    pub attempts: u32,
+    /// The first wait before reconnecting; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// The longest wait before reconnecting.
+    pub max_backoff: Duration,
+    /// The longest wait for connecting or for a window's confirms.
+    pub timeout: Duration,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        Self {
+            exchange: "agentos.events".to_owned(),
+            connection_name: "metrics-publisher".to_owned(),
+            window: 256,
+            attempts: 10,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why publishing failed after every attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker could not be reached or refused an operation.
+    #[error("{action} on RabbitMQ")]
+    Amqp {
+        /// What was being done.
+        action: &'static str,
+        /// The broker's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker did not answer in time.
+    #[error("{action} on RabbitMQ timed out")]
+    Timeout {
+        /// What was being done.
+        action: &'static str,
+    },
+    /// The broker negatively acknowledged a message (it could not take responsibility for it).
+    #[error("RabbitMQ refused a message (negative publisher confirm)")]
+    Nacked,
+}
+
+impl PublishError {
+    fn amqp(action: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| Self::Amqp { action, source }
+    }
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// Publishes events with confirms; safe to share between tasks.
+pub struct Publisher {
+    url: String,
+    options: PublisherOptions,
+    link: Mutex<Option<Link>>,
+}
+
+impl Publisher {
+    /// Connects to `url` and declares the exchange.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] when the broker cannot be reached or refuses the declaration.
+    pub async fn connect(url: &str, options: PublisherOptions) -> Result<Self, PublishError> {
+        let link = open(url, &options).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            options,
+            link: Mutex::new(Some(link)),
+        })
+    }
+
+    /// Publishes one event, routed by its type, and waits for its confirm.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] when every attempt failed.
+    pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        self.publish_all(&[OutgoingMessage::event(event)]).await
+    }
+
+    /// Publishes `events` as one batch message and waits for its confirm.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] when every attempt failed.
+    pub async fn publish_batch(&self, events: &[Event]) -> Result<(), PublishError> {
+        self.publish_all(&[OutgoingMessage::batch(events)]).await
+    }
+
+    /// Publishes `messages` in windows of [`PublisherOptions::window`], waiting for each
+    /// window's confirms. A window that fails is published again, whole, on a new connection:
+    /// a message may reach the broker twice, never zero times.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] when a window failed [`PublisherOptions::attempts`] times.
+    pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        for window in messages.chunks(self.options.window.max(1)) {
+            self.publish_window(window).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_window(&self, window: &[OutgoingMessage]) -> Result<(), PublishError> {
+        let mut backoff = self.options.min_backoff;
+        let mut attempt = 1;
+        loop {
+            let mut link = self.link.lock().await;
+            let result = match link.as_ref() {
+                Some(current) => self.send(&current.channel, window).await,
+                None => match open(&self.url, &self.options).await {
+                    Ok(opened) => {
+                        let result = self.send(&opened.channel, window).await;
+                        *link = Some(opened);
+                        result
+                    }
+                    Err(err) => Err(err),
+                },
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt >= self.options.attempts => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, attempt, "publishing failed; reconnecting");
+                    if let Some(broken) = link.take() {
+                        let _ = broken
+                            .connection
+                            .close(320, ShortString::from("reconnecting"))
+                            .await;
+                    }
+                    drop(link);
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        channel: &Channel,
+        window: &[OutgoingMessage],
+    ) -> Result<(), PublishError> {
+        let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(window.len());
+        for message in window {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(message.content_type.into());
+            confirms.push(
+                channel
+                    .basic_publish(
+                        self.options.exchange.as_str().into(),
+                        message.routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        properties,
+                    )
+                    .await
+                    .map_err(PublishError::amqp("publishing"))?,
+            );
+        }
+        for confirm in confirms {
+            let confirmation = timeout(self.options.timeout, confirm)
+                .await
+                .map_err(|_| PublishError::Timeout {
+                    action: "waiting for a publisher confirm",
+                })?
+                .map_err(PublishError::amqp("waiting for a publisher confirm"))?;
+            if confirmation.is_nack() {
+                return Err(PublishError::Nacked);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the channel and the connection.
+    pub async fn close(self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link.channel.close(200, ShortString::from("done")).await;
+            let _ = link.connection.close(200, ShortString::from("done")).await;
+        }
+    }
+}
+
+async fn open(url: &str, options: &PublisherOptions) -> Result<Link, PublishError> {
+    let connect = Connection::connect(
+        url,
+        ConnectionProperties::default()
+            .with_connection_name(options.connection_name.as_str().into()),
+    );
+    let connection = timeout(options.timeout, connect)
+        .await
+        .map_err(|_| PublishError::Timeout {
+            action: "connecting",
+        })?
+        .map_err(PublishError::amqp("connecting"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(PublishError::amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(PublishError::amqp("enabling publisher confirms"))?;
+    channel
+        .exchange_declare(
+            options.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(PublishError::amqp("declaring the events exchange"))?;
+    Ok(Link {
+        connection,
+        channel,
+    })
+}
