@@ -1,22 +1,29 @@
 //! [`PageCache`]: rendered `GET /metrics` bodies, reused while their table has not changed.
 //!
-//! A request first asks the database for the table's latest change (the aggregator's
+//! A request first learns the table's latest change (the aggregator's
 //! [`read`](metrics_aggregator::read) of an empty range returns only that stamp, in two
 //! index-backed queries with no rows). An entry rendered under the same stamp is served as is;
-//! anything else reads and renders the rows. So a write is visible to the next request, as
-//! without the cache.
+//! anything else reads and renders the rows.
+//!
+//! Stamp reads are batched per table ([`PageCache::stamp`]): requests that arrive while a stamp
+//! read runs wait for the next one, which then answers all of them. Every request is thus
+//! answered from a stamp read that started after it arrived, so a write committed before a
+//! request is visible to it, as without the cache; under load, one stamp read serves many
+//! requests.
 //!
 //! Stamps are transaction start times, so in a rare interleaving a write can commit with a stamp
 //! older than one already seen and leave the stamp unchanged; `cache.max_age_ms` bounds how long
 //! an entry can hide such a write. Entries are bounded in number; the oldest goes first.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_web::web::Bytes;
+use actix_web::web::{self, Bytes};
+use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
-use metrics_aggregator::{DateRange, TableName};
+use metrics_aggregator::{DateRange, Pool, TableName};
+use tokio::sync::oneshot;
 
 /// What a cached body answers: a database (by position), a table and a range.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,12 +45,23 @@ struct Entry {
     body: Bytes,
 }
 
-/// A bounded map of rendered bodies by [`PageKey`].
+/// The outcome of one stamp read, shared by every request of its batch.
+type StampOutcome = Result<Option<DateTime<Utc>>, Arc<anyhow::Error>>;
+
+/// The requests waiting for a table's next stamp read.
+#[derive(Debug, Default)]
+struct Batch {
+    running: bool,
+    waiters: Vec<oneshot::Sender<StampOutcome>>,
+}
+
+/// A bounded map of rendered bodies by [`PageKey`], and the batched stamp reads.
 #[derive(Debug)]
 pub struct PageCache {
     max_entries: usize,
     max_age: Duration,
     entries: Mutex<HashMap<PageKey, Entry>>,
+    batches: Mutex<HashMap<(usize, TableName), Batch>>,
 }
 
 /// A range that holds no day: reading it returns only the table's latest change.
@@ -59,6 +77,67 @@ impl PageCache {
             max_entries,
             max_age,
             entries: Mutex::new(HashMap::with_capacity(max_entries)),
+            batches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The latest change of `table` in database `database` (reached through `pool`), from a
+    /// read that starts after this call; `None` when the table has no rows.
+    ///
+    /// # Errors
+    ///
+    /// The error of the stamp read this request waited for.
+    pub async fn stamp(
+        self: &Arc<Self>,
+        database: usize,
+        table: &TableName,
+        pool: &Pool,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let (sender, receiver) = oneshot::channel();
+        let key = (database, table.clone());
+        let start = {
+            let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+            let batch = batches.entry(key.clone()).or_default();
+            batch.waiters.push(sender);
+            !std::mem::replace(&mut batch.running, true)
+        };
+        if start {
+            actix_web::rt::spawn(self.clone().read_stamps(key, pool.clone()));
+        }
+        receiver
+            .await
+            .context("the stamp read ended without an answer")?
+            .map_err(|err| anyhow::anyhow!("{err:#}"))
+    }
+
+    /// Reads the stamp of `key`'s table for each batch of waiters until none is left.
+    async fn read_stamps(self: Arc<Self>, key: (usize, TableName), pool: Pool) {
+        loop {
+            let waiters = {
+                let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(batch) = batches.get_mut(&key) else {
+                    return;
+                };
+                if batch.waiters.is_empty() {
+                    batch.running = false;
+                    return;
+                }
+                std::mem::take(&mut batch.waiters)
+            };
+            let pool = pool.clone();
+            let table = key.1.clone();
+            let outcome: StampOutcome = web::block(move || -> anyhow::Result<_> {
+                let mut conn = pool.get()?;
+                Ok(metrics_aggregator::read(&mut conn, table.as_str(), STAMP_ONLY)?.updated_at)
+            })
+            .await
+            .map_err(anyhow::Error::new)
+            .and_then(|outcome| outcome.context("reading the table's latest change"))
+            .map_err(Arc::new);
+            for waiter in waiters {
+                // A waiter whose request timed out has gone; the others still get the answer.
+                let _ = waiter.send(outcome.clone());
+            }
         }
     }
 

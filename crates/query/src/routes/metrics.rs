@@ -6,18 +6,19 @@
 //! hundred kilobytes and costs one pass.
 
 use std::fmt;
+use std::sync::Arc;
 
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bigdecimal::ToPrimitive;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
-use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage};
+use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth;
-use crate::cache::{PageKey, STAMP_ONLY};
+use crate::cache::{PageCache, PageKey};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -134,30 +135,9 @@ pub async fn get_metrics(
     let pool = database.pool.clone();
     let cache = state.cache.clone();
     let timeout = state.request_timeout;
-    // Sync diesel on the blocking pool (see the aggregator's crate docs); the timeout below
-    // answers the client even while the thread still waits on the database.
-    let read = web::block(move || -> anyhow::Result<Bytes> {
-        let mut conn = pool.get()?;
-        let table = key.table.as_str();
-        if let Some(cache) = &cache
-            && let Some(stamp) = metrics_aggregator::read(&mut conn, table, STAMP_ONLY)?.updated_at
-            && let Some(body) = cache.get(&key, stamp)
-        {
-            return Ok(body);
-        }
-        let page = metrics_aggregator::read(&mut conn, table, range)?;
-        let body = Bytes::from(render(&page)?);
-        if let Some(cache) = &cache
-            && let Some(stamp) = page.updated_at
-        {
-            cache.put(key, stamp, body.clone());
-        }
-        Ok(body)
-    });
-    let body = match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(Ok(body))) => body,
-        Ok(Ok(Err(err))) => return Err(ApiError::Internal(err.context("reading metrics"))),
-        Ok(Err(err)) => return Err(ApiError::Internal(anyhow::Error::new(err))),
+    let body = match tokio::time::timeout(timeout, read_body(key, range, pool, cache)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(err)) => return Err(ApiError::Internal(err.context("reading metrics"))),
         Err(_) => {
             return Err(ApiError::Internal(anyhow::anyhow!(
                 "the database did not answer within {} ms",
@@ -168,6 +148,36 @@ pub async fn get_metrics(
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(body))
+}
+
+/// The body for `key` and `range`: from the cache when its table is unchanged, else read and
+/// rendered (and cached).
+async fn read_body(
+    key: PageKey,
+    range: DateRange,
+    pool: Pool,
+    cache: Option<Arc<PageCache>>,
+) -> anyhow::Result<Bytes> {
+    if let Some(cache) = &cache
+        && let Some(stamp) = cache.stamp(key.database, &key.table, &pool).await?
+        && let Some(body) = cache.get(&key, stamp)
+    {
+        return Ok(body);
+    }
+    // Sync diesel on the blocking pool (see the aggregator's crate docs); the caller's timeout
+    // answers the client even while the thread still waits on the database.
+    web::block(move || {
+        let mut conn = pool.get()?;
+        let page = metrics_aggregator::read(&mut conn, key.table.as_str(), range)?;
+        let body = Bytes::from(render(&page)?);
+        if let Some(cache) = &cache
+            && let Some(stamp) = page.updated_at
+        {
+            cache.put(key, stamp, body.clone());
+        }
+        Ok(body)
+    })
+    .await?
 }
 
 /// Renders a page as the contract's `MetricsResponse` JSON.

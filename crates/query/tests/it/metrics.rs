@@ -313,3 +313,26 @@ async fn a_write_is_visible_to_the_next_request_despite_the_cache() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn concurrent_requests_share_stamp_reads_and_all_get_the_rows() {
+    let db = TestDatabase::migrated();
+    two_days(&db, "agno_metrics");
+    let app = TestApp::spawn(settings(db.url()));
+    let expected = (200, two_days_body(&db, "agno_metrics", &[0, 1]));
+
+    let replies = futures_util::future::join_all((0..24).map(|n| {
+        let path = if n % 2 == 0 {
+            "/metrics"
+        } else {
+            "/metrics?ending_date=2025-07-31"
+        };
+        app.get(path, &[])
+    }))
+    .await;
+
+    for reply in replies {
+        assert_eq!(reply.status_json(), expected);
+    }
+    app.stop().await;
+}

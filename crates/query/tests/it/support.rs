@@ -25,6 +25,7 @@ pub fn settings(url: &str) -> Settings {
     settings.admin.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.workers = 1;
     settings.http.request_timeout = Duration::from_secs(3);
+    settings.http.shutdown_timeout = Duration::from_secs(1);
     settings.pool_size = 2;
     settings.databases[0].url = SecretString::from(url);
     settings
