@@ -56,7 +56,10 @@ setup_venv() {
   fi
   say "== installing the validation tools into $VENV"
   mkdir -p "$(dirname "$VENV")"
-  python3 -m venv --clear "$VENV"
+  python3 -m venv --clear "$VENV" || {
+    say "cannot create a Python virtualenv with python3 (Debian: apt-get install python3-venv)"
+    exit 1
+  }
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS[@]}"
   local linter
   for linter in "${LINTERS[@]}"; do
