@@ -13,7 +13,8 @@
 //!
 //! Stamps are transaction start times, so in a rare interleaving a write can commit with a stamp
 //! older than one already seen and leave the stamp unchanged; `cache.max_age_ms` bounds how long
-//! an entry can hide such a write. Entries are bounded in number; the oldest goes first.
+//! an entry can hide such a write (plus one read: past it, one request re-reads while the others
+//! are still served the entry, so expiry never sends every waiting request to the database). Entries are bounded in number; the oldest goes first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,6 +44,9 @@ struct Entry {
     stamp: DateTime<Utc>,
     stored: Instant,
     body: Bytes,
+    /// When a request started re-reading this expired entry; meanwhile the others keep
+    /// getting the body, so expiry costs one read instead of one per waiting request.
+    refreshing: Option<Instant>,
 }
 
 /// The outcome of one stamp read, shared by every request of its batch.
@@ -141,13 +145,27 @@ impl PageCache {
         }
     }
 
-    /// The body stored for `key` under `stamp`, when it is young enough.
+    /// The body stored for `key` under `stamp`, when it is young enough. Past `max_age`, the
+    /// first caller gets `None` and is expected to re-read and [`put`](Self::put); until it does
+    /// (or for another `max_age` if it fails), other callers still get the body.
     pub fn get(&self, key: &PageKey, stamp: DateTime<Utc>) -> Option<Bytes> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
-            .get(key)
-            .filter(|entry| entry.stamp == stamp && entry.stored.elapsed() < self.max_age)
-            .map(|entry| entry.body.clone())
+        self.get_at(key, stamp, Instant::now())
+    }
+
+    fn get_at(&self, key: &PageKey, stamp: DateTime<Utc>, now: Instant) -> Option<Bytes> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get_mut(key).filter(|entry| entry.stamp == stamp)?;
+        let young = |since: Instant| now.saturating_duration_since(since) < self.max_age;
+        if young(entry.stored) {
+            return Some(entry.body.clone());
+        }
+        match entry.refreshing {
+            Some(started) if young(started) => Some(entry.body.clone()),
+            _ => {
+                entry.refreshing = Some(now);
+                None
+            }
+        }
     }
 
     /// Stores `body` for `key`, rendered from rows as of `stamp`.
@@ -168,6 +186,7 @@ impl PageCache {
                 stamp,
                 stored: Instant::now(),
                 body,
+                refreshing: None,
             },
         );
     }
@@ -210,10 +229,20 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire() {
-        let cache = PageCache::new(2, Duration::ZERO);
+    fn an_expired_entry_sends_one_caller_to_re_read() {
+        let cache = PageCache::new(2, Duration::from_secs(1));
         let stamp = DateTime::<Utc>::UNIX_EPOCH;
         cache.put(key(1), stamp, Bytes::from_static(b"one"));
-        assert_eq!(cache.get(&key(1), stamp), None);
+        let later = Instant::now() + Duration::from_secs(2);
+        assert_eq!(cache.get_at(&key(1), stamp, later), None);
+        assert_eq!(
+            cache.get_at(&key(1), stamp, later),
+            Some(Bytes::from_static(b"one"))
+        );
+        // A refresher that never came back is replaced after another max_age.
+        let much_later = later + Duration::from_secs(2);
+        assert_eq!(cache.get_at(&key(1), stamp, much_later), None);
+        cache.put(key(1), stamp, Bytes::from_static(b"two"));
+        assert_eq!(cache.get(&key(1), stamp), Some(Bytes::from_static(b"two")));
     }
 }
