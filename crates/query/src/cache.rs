@@ -59,6 +59,32 @@ struct Batch {
     waiters: Vec<oneshot::Sender<StampOutcome>>,
 }
 
+/// Marks a table's stamp reads as stopped if their task is dropped before it finishes (its
+/// worker stopping or restarting), so the next request starts a new one instead of waiting
+/// for a task that is gone. Waiters of that moment get an error.
+struct Running {
+    cache: Arc<PageCache>,
+    key: (usize, TableName),
+    finished: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut batches = self
+            .cache
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(batch) = batches.get_mut(&self.key) {
+            batch.running = false;
+            batch.waiters.clear();
+        }
+    }
+}
+
 /// A bounded map of rendered bodies by [`PageKey`], and the batched stamp reads.
 #[derive(Debug)]
 pub struct PageCache {
@@ -116,14 +142,21 @@ impl PageCache {
 
     /// Reads the stamp of `key`'s table for each batch of waiters until none is left.
     async fn read_stamps(self: Arc<Self>, key: (usize, TableName), pool: Pool) {
+        let mut running = Running {
+            cache: self.clone(),
+            key: key.clone(),
+            finished: false,
+        };
         loop {
             let waiters = {
                 let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
                 let Some(batch) = batches.get_mut(&key) else {
+                    running.finished = true;
                     return;
                 };
                 if batch.waiters.is_empty() {
                     batch.running = false;
+                    running.finished = true;
                     return;
                 }
                 std::mem::take(&mut batch.waiters)
@@ -203,6 +236,29 @@ mod tests {
             start: NaiveDate::from_ymd_opt(2025, 1, day),
             end: None,
         }
+    }
+
+    #[test]
+    fn stamp_reads_dropped_midway_let_the_next_request_start_anew() {
+        let cache = Arc::new(PageCache::new(2, Duration::from_secs(1)));
+        let key = (0, TableName::default());
+        let (sender, mut receiver) = oneshot::channel();
+        cache.batches.lock().unwrap().insert(
+            key.clone(),
+            Batch {
+                running: true,
+                waiters: vec![sender],
+            },
+        );
+
+        drop(Running {
+            cache: cache.clone(),
+            key: key.clone(),
+            finished: false,
+        });
+
+        assert!(!cache.batches.lock().unwrap()[&key].running);
+        assert!(receiver.try_recv().is_err());
     }
 
     #[test]
