@@ -1,0 +1,174 @@
+//! Running the service binaries as child processes.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use metrics_test_support::{TestBroker, TestDatabase};
+
+/// The security key the tests' query service requires.
+pub const KEY: &str = "e2e-secret-key";
+
+/// A free loopback address: bound, read and released (the service binds it again at once).
+pub fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+}
+
+fn binary(name: &str) -> PathBuf {
+    // The test runs from <target>/<profile>/deps; the binaries sit in <target>/<profile>.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which \
+         scripts/test.sh runs)",
+        path.display()
+    );
+    path
+}
+
+/// A service binary running as a child process; killed on drop if still running.
+pub struct Service {
+    name: &'static str,
+    child: Child,
+    /// The admin listener (`/livez`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+    /// The public API listener, for the query service.
+    pub http: Option<SocketAddr>,
+    log: PathBuf,
+}
+
+impl Service {
+    fn spawn(
+        name: &'static str,
+        args: &[&str],
+        env: Vec<(&str, String)>,
+        admin: SocketAddr,
+        http: Option<SocketAddr>,
+    ) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "metrics-e2e-{name}-{}-{}.log",
+            std::process::id(),
+            admin.port()
+        ));
+        let out = File::create(&log).unwrap();
+        let child = Command::new(binary(name))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env)
+            .env("METRICS_ADMIN__LISTEN", admin.to_string())
+            .env("METRICS_LOG__FORMAT", "json")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        Self {
+            name,
+            child,
+            admin,
+            http,
+            log,
+        }
+    }
+
+    /// `metrics-ingest run` on the test's database, exchange and queue.
+    pub fn ingest(db: &TestDatabase, broker: &TestBroker) -> Self {
+        Self::spawn(
+            "metrics-ingest",
+            &["run"],
+            vec![
+                ("METRICS_DATABASE__URL", db.url().to_owned()),
+                ("METRICS_AMQP__URL", broker.url().to_owned()),
+                ("METRICS_AMQP__EXCHANGE", broker.exchange().to_owned()),
+                ("METRICS_AMQP__QUEUE", broker.queue().to_owned()),
+            ],
+            free_address(),
+            None,
+        )
+    }
+
+    /// `metrics-query` on the test's database, requiring [`KEY`].
+    pub fn query(db: &TestDatabase) -> Self {
+        let http = free_address();
+        Self::spawn(
+            "metrics-query",
+            &[],
+            vec![
+                ("METRICS_DATABASE__URL", db.url().to_owned()),
+                ("METRICS_HTTP__LISTEN", http.to_string()),
+                ("METRICS_HTTP__WORKERS", "2".to_owned()),
+                ("OS_SECURITY_KEY", KEY.to_owned()),
+            ],
+            free_address(),
+            Some(http),
+        )
+    }
+
+    /// The service's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200, at most 30 s.
+    pub async fn ready(&mut self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = reqwest::Client::new();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.name, self.output());
+            }
+            let state = match client.get(&url).send().await {
+                Ok(response) if response.status() == 200 => return,
+                Ok(response) => format!("readyz answered {}", response.status()),
+                Err(err) => err.to_string(),
+            };
+            assert!(
+                Instant::now() < until,
+                "{} not ready after 30 s ({state}):\n{}",
+                self.name,
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `deadline`.
+    pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "{} did not exit within {deadline:?} of SIGTERM:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
