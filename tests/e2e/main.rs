@@ -5,7 +5,6 @@
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "test helpers fail the test loudly, like the tests themselves"
 )]
 
