@@ -27,7 +27,11 @@ where
     let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::try_new(&settings.level)?,
-    };
+    }
+    // tracing-actix-web also emits an event for every error response (its default
+    // `emit_event_on_error` feature, which the workspace dependency keeps on): a warning per
+    // client error, and a second log line per 500. `ApiError` logs each 500 once itself.
+    .add_directive("tracing_actix_web::middleware=off".parse()?);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
