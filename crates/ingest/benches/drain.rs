@@ -9,13 +9,17 @@
 //! default; `DRAIN_EVENTS` overrides), on loopback RabbitMQ (`TEST_AMQP_URL`) and PostgreSQL
 //! (`TEST_DATABASE_URL`), it measures in one run:
 //!
-//! 1. a bare lapin consumer that only acknowledges, on a quorum queue declared exactly like the
-//!    service's, with the service's prefetch;
+//! 1. a bare lapin consumer that only acknowledges (each delivery on its own), on a quorum queue
+//!    declared exactly like the service's, with the service's prefetch;
 //! 2. `apply` alone on the same events (decoded beforehand), in transactions of the service's
 //!    batch size, on a fresh database;
 //! 3. the `metrics-ingest` binary (built with this profile) draining the same queue contents
 //!    into a fresh database, timed from its start until every event is counted; its peak
-//!    resident memory is its `VmHWM` from `/proc`.
+//!    resident memory is its `VmHWM` from `/proc`. The time includes the process's start.
+//!
+//! Settings come from the defaults and `METRICS_*` variables, except that batch messages run with
+//! a prefetch of 100 and batches of 50 deliveries. The last column, decoding alone, is the cost
+//! of `decode_message` on one core, which the service pays on top of `apply`.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,7 +27,6 @@
     reason = "a benchmark binary reports on stdout and fails loudly"
 )]
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,7 +110,7 @@ fn bodies(events: &[Event], per_message: usize) -> Vec<Vec<u8>> {
 }
 
 fn settings(database: &TestDatabase, broker: &TestBroker) -> Settings {
-    let mut settings = Settings::from_sources(None, Some(HashMap::new())).unwrap();
+    let mut settings = Settings::load(None).unwrap();
     settings.database.url = database.url().to_owned().into();
     settings.amqp.url = broker.url().to_owned().into();
     settings.amqp.exchange = broker.exchange().to_owned();
@@ -126,12 +129,10 @@ async fn fill(broker: &TestBroker, bodies: &[Vec<u8>]) {
 
 /// A consumer that only acknowledges, each delivery on its own, until `messages` arrived.
 async fn bare_consumer(broker: &TestBroker, settings: &Settings, messages: usize) -> Duration {
-    let connection = lapin::Connection::connect(
-        broker.url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        lapin::Connection::connect(broker.url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
@@ -199,6 +200,13 @@ fn ingest(settings: &Settings, database: &TestDatabase, runs: i64) -> (Duration,
         .env("METRICS_AMQP__URL", settings.amqp.url.expose_secret())
         .env("METRICS_AMQP__EXCHANGE", &settings.amqp.exchange)
         .env("METRICS_AMQP__QUEUE", &settings.amqp.queue)
+        .env("METRICS_AMQP__PREFETCH", settings.amqp.prefetch.to_string())
+        .env("METRICS_BATCH__SIZE", settings.batch.size.to_string())
+        .env(
+            "METRICS_BATCH__MAX_EVENTS",
+            settings.batch.max_events.to_string(),
+        )
+        .env("METRICS_BATCH__WAIT_MS", settings.batch.wait_ms.to_string())
         .env("METRICS_ADMIN__LISTEN", "127.0.0.1:0")
         .env("METRICS_LOG__LEVEL", "warn")
         .stdout(Stdio::null())
@@ -210,7 +218,10 @@ fn ingest(settings: &Settings, database: &TestDatabase, runs: i64) -> (Duration,
         if counted(database) >= runs {
             break;
         }
-        assert!(started.elapsed() < PHASE_LIMIT, "metrics-ingest did not drain in time");
+        assert!(
+            started.elapsed() < PHASE_LIMIT,
+            "metrics-ingest did not drain in time"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = started.elapsed();
@@ -236,12 +247,21 @@ async fn main() {
     let runs = i64::try_from(events.len() / 4 * 3).unwrap();
     println!("drain benchmark: {} events", events.len());
     println!();
-    println!("| messages | bare consumer (acks only) | `apply` alone | metrics-ingest | ingest / slower limit | peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for per_message in [1, 100] {
+    println!(
+        "| messages | bare consumer (acks only) | `apply` alone | metrics-ingest | ingest / slower limit | peak RSS | decoding alone (one core) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    // Batch messages run with a prefetch of 100 messages (and 50 deliveries, 5,000 events, per
+    // transaction): the prefetch bounds the bodies held in memory, and 1,000 messages of 100
+    // events would be 30 MB of them (docs/ingest.md, "Memory").
+    for (per_message, tuning) in [(1, None), (100, Some((100, 50)))] {
         let bodies = bodies(&events, per_message);
         let broker = TestBroker::new().await;
         let mut settings = settings(&TestDatabase::empty(), &broker);
+        if let Some((prefetch, size)) = tuning {
+            settings.amqp.prefetch = prefetch;
+            settings.batch.size = size;
+        }
         Topology::from_settings(&settings.amqp)
             .declare(broker.channel())
             .await
@@ -255,6 +275,7 @@ async fn main() {
         fill(&broker, &bodies).await;
         let bare = bare_consumer(&broker, &settings, bodies.len()).await;
 
+        let decoding = Instant::now();
         let decoded: Vec<Event> = bodies
             .iter()
             .flat_map(|body| decode_message(body, &Limits::default()).unwrap().events)
@@ -263,7 +284,11 @@ async fn main() {
                 _ => None,
             })
             .collect();
-        let batch = settings.batch.max_events.min(settings.batch.size * per_message);
+        let decode = decoding.elapsed();
+        let batch = settings
+            .batch
+            .max_events
+            .min(settings.batch.size * per_message);
         let apply = tokio::task::spawn_blocking(move || apply_alone(decoded, batch))
             .await
             .unwrap();
@@ -283,8 +308,10 @@ async fn main() {
         let apply_events = rate(events.len(), apply);
         let ingest_events = rate(events.len(), drain);
         println!(
-            "| {per_message} event(s) per message, {} messages | {:.0} msg/s = {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0}% | {:.1} MiB |",
+            "| {per_message} event(s) per message, {} messages (prefetch {}, batch {} deliveries) | {:.0} msg/s = {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0}% | {:.1} MiB | {:.0} events/s |",
             bodies.len(),
+            settings.amqp.prefetch,
+            settings.batch.size,
             rate(bodies.len(), bare),
             bare_events,
             bare.as_secs_f64(),
@@ -294,6 +321,7 @@ async fn main() {
             drain.as_secs_f64(),
             100.0 * ingest_events / bare_events.min(apply_events),
             peak_kib as f64 / 1024.0,
+            rate(events.len(), decode),
         );
         broker.cleanup().await;
     }

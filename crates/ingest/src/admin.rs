@@ -159,3 +159,16 @@ pub fn probe_address(listen: SocketAddr) -> SocketAddr {
     };
     SocketAddr::new(ip, listen.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_addresses_are_probed_on_loopback() {
+        let probe = |listen: &str| probe_address(listen.parse().unwrap()).to_string();
+        assert_eq!(probe("0.0.0.0:9091"), "127.0.0.1:9091");
+        assert_eq!(probe("[::]:9091"), "[::1]:9091");
+        assert_eq!(probe("10.1.2.3:80"), "10.1.2.3:80");
+    }
+}
