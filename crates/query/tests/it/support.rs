@@ -84,6 +84,9 @@ impl TestApp {
 
     /// Stops the service and waits until it has drained.
     pub async fn stop(mut self) {
+        // Close the client's idle keep-alive connections first: a graceful stop waits for open
+        // connections up to the shutdown timeout.
+        drop(std::mem::take(&mut self.client));
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
             running.await.unwrap().unwrap();
