@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod binary;
 mod errors;
 mod metrics;
 mod openapi;
