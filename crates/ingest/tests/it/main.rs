@@ -7,6 +7,7 @@
 )]
 
 mod admin;
+mod commands;
 mod faults;
 mod lifecycle;
 mod pipeline;
