@@ -1,7 +1,9 @@
 //! Settings: embedded defaults (`config/default.toml`) < optional file < `METRICS_*` environment.
 //!
 //! Only this module reads the environment. [`Settings::load`] deserialises the layers and then
-//! validates every value, so a bad setting fails at start with the key it came from.
+//! validates every value, so a bad setting fails at start with the key it came from. Unknown keys
+//! are ignored rather than refused: deployments often share one `METRICS_*` environment between
+//! metrics-ingest and metrics-query, whose keys differ.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +24,6 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Everything the service reads from its configuration.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// PostgreSQL.
     pub database: DatabaseSettings,
@@ -44,7 +45,6 @@ pub struct Settings {
 
 /// `[database]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// Connection URL; may hold a password.
     pub url: SecretString,
@@ -58,7 +58,6 @@ pub struct DatabaseSettings {
 
 /// `[amqp]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     /// Connection URL; may hold a password.
     pub url: SecretString,
@@ -76,7 +75,6 @@ pub struct AmqpSettings {
 
 /// `[batch]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BatchSettings {
     /// Most deliveries per transaction.
     pub size: usize,
@@ -88,7 +86,6 @@ pub struct BatchSettings {
 
 /// `[limits]`: see [`Limits`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
     /// Largest message body in bytes.
     pub max_body_bytes: usize,
@@ -102,7 +99,6 @@ pub struct LimitsSettings {
 
 /// `[backoff]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BackoffSettings {
     /// First wait after a failure, in milliseconds.
     pub min_ms: u64,
@@ -112,7 +108,6 @@ pub struct BackoffSettings {
 
 /// `[shutdown]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     /// Most time spent draining, in milliseconds.
     pub timeout_ms: u64,
@@ -120,7 +115,6 @@ pub struct ShutdownSettings {
 
 /// `[admin]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Listen address, `host:port`; port 0 picks a free one.
     pub listen: String,
@@ -128,7 +122,6 @@ pub struct AdminSettings {
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// Filter when `RUST_LOG` is unset.
     pub level: String,
@@ -484,6 +477,19 @@ mod tests {
         let err = Settings::from_sources(None, env(&[("METRICS_LOG__FORMAT", "xml")])).unwrap_err();
         let text = crate::consumer::error_chain(&err);
         assert!(text.contains("log.format"), "{text}");
+    }
+
+    #[test]
+    fn keys_of_the_query_service_are_ignored() {
+        let settings = Settings::from_sources(
+            None,
+            env(&[
+                ("METRICS_HTTP__LISTEN", "0.0.0.0:7777"),
+                ("METRICS_DATABASE__TABLES", "agno_metrics"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.database.table, "agno_metrics");
     }
 
     #[test]

@@ -174,6 +174,13 @@ async fn dropped_database_connections_lose_nothing() {
     eprintln!("terminated {terminated} connections");
     publisher.await.unwrap();
     wait_for_rows(&database, &expected).await;
+    // The first termination came mid-stream: a write failed and was retried, not lost.
+    assert!(
+        service
+            .metrics
+            .counted(metrics_ingest::telemetry::Outcome::Retried)
+            > 0
+    );
     service.stop().await;
     assert_eq!(broker.ready_count(broker.queue()).await, 0);
     Arc::into_inner(broker).unwrap().cleanup().await;
