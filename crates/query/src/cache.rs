@@ -14,7 +14,8 @@
 //! Stamps are transaction start times, so in a rare interleaving a write can commit with a stamp
 //! older than one already seen and leave the stamp unchanged; `cache.max_age_ms` bounds how long
 //! an entry can hide such a write (plus one read: past it, one request re-reads while the others
-//! are still served the entry, so expiry never sends every waiting request to the database). Entries are bounded in number; the oldest goes first.
+//! are still served the entry, so expiry never sends every waiting request to the database).
+//! Entries are bounded in number; the oldest goes first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

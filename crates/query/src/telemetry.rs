@@ -69,6 +69,13 @@ pub struct DatabaseLabels {
     pub database: String,
 }
 
+/// The labels of a response cache lookup.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub outcome: &'static str,
+}
+
 /// The service's Prometheus metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -77,6 +84,7 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram>,
     pool_connections: Family<PoolLabels, Gauge>,
     pool_size: Family<DatabaseLabels, Gauge>,
+    cache_lookups: Family<CacheLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -93,6 +101,7 @@ impl Default for Metrics {
         );
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let pool_size = Family::<DatabaseLabels, Gauge>::default();
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
         registry.register(
             "metrics_query_requests",
             "API requests answered, by route and status",
@@ -113,8 +122,14 @@ impl Default for Metrics {
             "Most connections a database's pool holds",
             pool_size.clone(),
         );
+        registry.register(
+            "metrics_query_cache_lookups",
+            "Response cache lookups of GET /metrics, by outcome (hit, miss)",
+            cache_lookups.clone(),
+        );
         Self {
             registry,
+            cache_lookups,
             requests,
             duration,
             pool_connections,
@@ -134,6 +149,13 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts a response cache lookup.
+    pub fn observe_cache(&self, outcome: &'static str) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { outcome })
+            .inc();
     }
 
     /// Records a pool's state as of now.

@@ -21,6 +21,7 @@ use crate::auth;
 use crate::cache::{PageCache, PageKey};
 use crate::error::ApiError;
 use crate::startup::AppState;
+use crate::telemetry::Metrics;
 
 /// The query parameters of `GET /metrics`, as sent; unknown ones are ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +136,9 @@ pub async fn get_metrics(
     let pool = database.pool.clone();
     let cache = state.cache.clone();
     let timeout = state.request_timeout;
-    let body = match tokio::time::timeout(timeout, read_body(key, range, pool, cache)).await {
+    let metrics = state.metrics.clone();
+    let read = read_body(key, range, pool, cache, metrics);
+    let body = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(body)) => body,
         Ok(Err(err)) => return Err(ApiError::Internal(err.context("reading metrics"))),
         Err(_) => {
@@ -157,12 +160,15 @@ async fn read_body(
     range: DateRange,
     pool: Pool,
     cache: Option<Arc<PageCache>>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Bytes> {
-    if let Some(cache) = &cache
-        && let Some(stamp) = cache.stamp(key.database, &key.table, &pool).await?
-        && let Some(body) = cache.get(&key, stamp)
-    {
-        return Ok(body);
+    if let Some(cache) = &cache {
+        let stamp = cache.stamp(key.database, &key.table, &pool).await?;
+        if let Some(body) = stamp.and_then(|stamp| cache.get(&key, stamp)) {
+            metrics.observe_cache("hit");
+            return Ok(body);
+        }
+        metrics.observe_cache("miss");
     }
     // Sync diesel on the blocking pool (see the aggregator's crate docs); the caller's timeout
     // answers the client even while the thread still waits on the database.

@@ -6,7 +6,9 @@ use metrics_query::admin::healthcheck;
 use metrics_test_support::TestDatabase;
 use serde_json::json;
 
-use crate::support::{TestApp, settings};
+use metrics_events::SessionType::Agent;
+
+use crate::support::{TestApp, session, settings, write};
 
 #[actix_web::test]
 async fn probes_report_live_and_ready() {
@@ -44,7 +46,16 @@ async fn readiness_fails_while_the_database_is_down_but_liveness_holds() {
 #[actix_web::test]
 async fn prometheus_counts_requests_by_route_and_status_and_shows_the_pool() {
     let db = TestDatabase::migrated();
-    let app = TestApp::spawn(settings(db.url()));
+    let mut settings = settings(db.url());
+    // The second request hits the cache however slow the machine is.
+    settings.cache.max_age = Duration::from_secs(3600);
+    let app = TestApp::spawn(settings);
+    write(
+        &db,
+        "agno_metrics",
+        &[session("s1", "2025-07-30T10:00:00Z", Agent, None)],
+    );
+    app.get("/metrics", &[]).await;
     app.get("/metrics", &[]).await;
     app.get("/metrics/?starting_date=bad", &[]).await;
     app.get("/nowhere", &[]).await;
@@ -53,10 +64,12 @@ async fn prometheus_counts_requests_by_route_and_status_and_shows_the_pool() {
     assert_eq!(reply.status.as_u16(), 200);
     let text = String::from_utf8(reply.body).unwrap();
     for line in [
-        r#"metrics_query_requests_total{route="/metrics",status="200"} 1"#,
+        r#"metrics_query_requests_total{route="/metrics",status="200"} 2"#,
         r#"metrics_query_requests_total{route="/metrics",status="422"} 1"#,
         r#"metrics_query_requests_total{route="unmatched",status="404"} 1"#,
-        r#"metrics_query_request_duration_seconds_count{route="/metrics",status="200"} 1"#,
+        r#"metrics_query_request_duration_seconds_count{route="/metrics",status="200"} 2"#,
+        r#"metrics_query_cache_lookups_total{outcome="miss"} 1"#,
+        r#"metrics_query_cache_lookups_total{outcome="hit"} 1"#,
         r#"metrics_query_pool_max_connections{database="default"} 2"#,
         r#"metrics_query_pool_connections{database="default",state="in_use"} 0"#,
     ] {
