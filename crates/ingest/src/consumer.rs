@@ -35,7 +35,7 @@ use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::admin::Health;
 use crate::config::{Settings, redacted_url};
@@ -361,7 +361,22 @@ async fn gather(
             next = consumer.next() => match next {
                 Some(Ok(mut delivery)) => {
                     deadline.get_or_insert_with(|| Instant::now() + wait);
+                    let span = debug_span!(
+                        "delivery",
+                        messaging.system = "rabbitmq",
+                        messaging.destination.name = %context.topology.queue,
+                        messaging.rabbitmq.delivery_tag = delivery.delivery_tag,
+                        event.id = tracing::field::Empty,
+                    )
+                    .entered();
                     let decoded = decode_message(&delivery.data, &limits);
+                    if let Ok(Message { is_batch: false, events }) = &decoded
+                        && let Some(Ok(event)) = events.first()
+                    {
+                        span.record("event.id", event.id());
+                    }
+                    debug!(bytes = delivery.data.len(), redelivered = delivery.redelivered, "received");
+                    drop(span);
                     if let Ok(message) = &decoded {
                         batch.events += message.events.len();
                         // The body is kept only to dead-letter it; a valid message frees it now.
