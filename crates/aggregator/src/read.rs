@@ -3,6 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::dsl::max;
 use diesel::prelude::*;
+use metrics_events::{MAX_DATE, MIN_DATE};
 
 use crate::models::DailyMetrics;
 use crate::schema::{daily_metrics, metrics_tables};
@@ -34,29 +35,45 @@ pub struct MetricsPage {
 ///
 /// The database error when a query fails.
 pub fn read(conn: &mut PgConnection, table: &str, range: DateRange) -> QueryResult<MetricsPage> {
-    let table_ids = metrics_tables::table
-        .filter(metrics_tables::name.eq(table))
-        .select(metrics_tables::id);
-    let updated_at: Option<DateTime<Utc>> = daily_metrics::table
-        .filter(daily_metrics::table_id.eq_any(table_ids))
-        .select(max(daily_metrics::updated_at))
-        .get_result(conn)?;
+    let updated_at = latest_change(conn, table)?;
     if updated_at.is_none() {
         return Ok(MetricsPage::default());
     }
-    let mut query = daily_metrics::table
-        .filter(daily_metrics::table_id.eq_any(table_ids))
+    // One statement text for every range (open bounds are the contract's date limits), so that
+    // diesel keeps it prepared and PostgreSQL plans it once per connection.
+    let rows = daily_metrics::table
+        .filter(daily_metrics::table_id.eq_any(table_ids(table)))
+        .filter(daily_metrics::date.between(
+            range.start.unwrap_or(MIN_DATE),
+            range.end.unwrap_or(MAX_DATE),
+        ))
         .select(DailyMetrics::as_select())
         .order(daily_metrics::date.asc())
-        .into_boxed();
-    if let Some(start) = range.start {
-        query = query.filter(daily_metrics::date.ge(start));
-    }
-    if let Some(end) = range.end {
-        query = query.filter(daily_metrics::date.le(end));
-    }
-    Ok(MetricsPage {
-        rows: query.load(conn)?,
-        updated_at,
-    })
+        .load(conn)?;
+    Ok(MetricsPage { rows, updated_at })
+}
+
+/// The latest `updated_at` of any row of metrics table `table`, in one index probe; `None` when
+/// the table has no rows. Stamps of a table increase strictly with every committed change (see
+/// [`apply`](crate::apply)), so an unchanged stamp means unchanged rows.
+///
+/// # Errors
+///
+/// The database error when the query fails.
+pub fn latest_change(conn: &mut PgConnection, table: &str) -> QueryResult<Option<DateTime<Utc>>> {
+    daily_metrics::table
+        .filter(daily_metrics::table_id.eq_any(table_ids(table)))
+        .select(max(daily_metrics::updated_at))
+        .get_result(conn)
+}
+
+fn table_ids(
+    table: &str,
+) -> diesel::dsl::Select<
+    diesel::dsl::Filter<metrics_tables::table, diesel::dsl::Eq<metrics_tables::name, &str>>,
+    metrics_tables::id,
+> {
+    metrics_tables::table
+        .filter(metrics_tables::name.eq(table))
+        .select(metrics_tables::id)
 }

@@ -14,7 +14,6 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::cache::STAMP_ONLY;
 use crate::routes;
 use crate::startup::Databases;
 use crate::telemetry::Metrics;
@@ -66,10 +65,10 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     for database in state.databases.iter() {
         let pool = database.pool.clone();
         let table = database.tables.first().cloned().unwrap_or_default();
-        // The same read the API does, of no day: the database answers and holds the schema.
+        // The stamp read every API request starts with: the database answers and holds the schema.
         let check = web::block(move || -> anyhow::Result<()> {
             let mut conn = pool.get()?;
-            metrics_aggregator::read(&mut conn, table.as_str(), STAMP_ONLY)?;
+            metrics_aggregator::latest_change(&mut conn, table.as_str())?;
             Ok(())
         });
         let outcome = match tokio::time::timeout(state.timeout, check).await {

@@ -1,8 +1,8 @@
 //! [`PageCache`]: rendered `GET /metrics` bodies, reused while their table has not changed.
 //!
-//! A request first learns the table's latest change (the aggregator's
-//! [`read`](metrics_aggregator::read) of an empty range returns only that stamp, in two
-//! index-backed queries with no rows). An entry rendered under the same stamp is served as is;
+//! A request first learns the table's latest change
+//! ([`latest_change`](metrics_aggregator::latest_change), one index probe; the aggregator's stamps
+//! increase strictly with every commit). An entry rendered under the same stamp is served as is;
 //! anything else reads and renders the rows.
 //!
 //! Stamp reads are batched per table ([`PageCache::stamp`]): requests that arrive while a stamp
@@ -11,10 +11,10 @@
 //! request is visible to it, as without the cache; under load, one stamp read serves many
 //! requests.
 //!
-//! Stamps are transaction start times, so in a rare interleaving a write can commit with a stamp
-//! older than one already seen and leave the stamp unchanged; `cache.max_age_ms` bounds how long
-//! an entry can hide such a write (plus one read: past it, one request re-reads while the others
-//! are still served the entry, so expiry never sends every waiting request to the database).
+//! The aggregator's stamps increase strictly with every commit; `cache.max_age_ms` only bounds
+//! how long an entry can hide a write whose stamp did not move (a clock stepping back, rows edited
+//! by hand). Past it, one request re-reads while the others are still served the entry, so expiry
+//! never sends every waiting request to the database.
 //! Entries are bounded in number; the oldest goes first.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use actix_web::web::{self, Bytes};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
-use metrics_aggregator::{DateRange, Pool, TableName};
+use metrics_aggregator::{Pool, TableName};
 use tokio::sync::oneshot;
 
 /// What a cached body answers: a database (by position), a table and a range.
@@ -95,12 +95,6 @@ pub struct PageCache {
     batches: Mutex<HashMap<(usize, TableName), Batch>>,
 }
 
-/// A range that holds no day: reading it returns only the table's latest change.
-pub const STAMP_ONLY: DateRange = DateRange {
-    start: NaiveDate::from_ymd_opt(9999, 12, 31),
-    end: NaiveDate::from_ymd_opt(9999, 12, 30),
-};
-
 impl PageCache {
     /// A cache of at most `max_entries` bodies, each served for at most `max_age`.
     pub fn new(max_entries: usize, max_age: Duration) -> Self {
@@ -166,7 +160,10 @@ impl PageCache {
             let table = key.1.clone();
             let outcome: StampOutcome = web::block(move || -> anyhow::Result<_> {
                 let mut conn = pool.get()?;
-                Ok(metrics_aggregator::read(&mut conn, table.as_str(), STAMP_ONLY)?.updated_at)
+                Ok(metrics_aggregator::latest_change(
+                    &mut conn,
+                    table.as_str(),
+                )?)
             })
             .await
             .map_err(anyhow::Error::new)
@@ -260,12 +257,6 @@ mod tests {
 
         assert!(!cache.batches.lock().unwrap()[&key].running);
         assert!(receiver.try_recv().is_err());
-    }
-
-    #[test]
-    fn stamp_only_range_holds_no_day() {
-        assert!(STAMP_ONLY.start > STAMP_ONLY.end);
-        assert!(STAMP_ONLY.end.is_some());
     }
 
     #[test]
