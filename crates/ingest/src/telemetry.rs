@@ -83,9 +83,9 @@ impl Metrics {
         let mut registry = Registry::default();
         let events = Family::<OutcomeLabel, Counter>::default();
         registry.register(
-            "metrics_ingest_events",
-            "Events (elements of deliveries) by outcome: applied, duplicate, ignored, \
-             dead_lettered, retried (once per attempt that failed transiently)",
+            "metrics_ingest_deliveries",
+            "Deliveries by outcome, a batch message counting once per event: applied, \
+             duplicate, ignored, dead_lettered, retried (once per attempt that failed transiently)",
             events.clone(),
         );
         let batch_events = Histogram::new([
@@ -202,11 +202,11 @@ mod tests {
         let metrics = Metrics::new();
         metrics.count(Outcome::Applied, 3);
         let text = metrics.encode().unwrap();
-        assert!(text.contains("metrics_ingest_events_total{outcome=\"applied\"} 3"));
+        assert!(text.contains("metrics_ingest_deliveries_total{outcome=\"applied\"} 3"));
         for outcome in ["duplicate", "ignored", "dead_lettered", "retried"] {
             assert!(
                 text.contains(&format!(
-                    "metrics_ingest_events_total{{outcome=\"{outcome}\"}} 0"
+                    "metrics_ingest_deliveries_total{{outcome=\"{outcome}\"}} 0"
                 )),
                 "{text}"
             );

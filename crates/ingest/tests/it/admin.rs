@@ -34,9 +34,9 @@ async fn probes_report_liveness_readiness_and_metrics() {
     let (status, text) = probe(addr, "/metrics", wait).await.unwrap();
     assert_eq!(status, 200);
     for name in [
-        "metrics_ingest_events_total{outcome=\"applied\"} 0",
-        "metrics_ingest_events_total{outcome=\"dead_lettered\"} 0",
-        "metrics_ingest_events_total{outcome=\"retried\"} 0",
+        "metrics_ingest_deliveries_total{outcome=\"applied\"} 0",
+        "metrics_ingest_deliveries_total{outcome=\"dead_lettered\"} 0",
+        "metrics_ingest_deliveries_total{outcome=\"retried\"} 0",
         "metrics_ingest_batch_events_bucket",
         "metrics_ingest_apply_duration_seconds_bucket",
         "metrics_ingest_reconnects_total{dependency=\"amqp\"} 0",
