@@ -246,12 +246,40 @@ impl Serialize for Row<'_> {
         out.serialize_field("workflow_sessions_count", &row.workflow_sessions_count)?;
         out.serialize_field("users_count", &row.users_count)?;
         out.serialize_field("token_metrics", &TokenMetrics(row))?;
-        // Stored by the aggregator already as `[{model_id, model_provider, count}]` in the
-        // contract's order.
-        out.serialize_field("model_metrics", &row.model_metrics)?;
+        out.serialize_field("model_metrics", &Models(&row.model_metrics))?;
         out.serialize_field("date", &Day(row.date))?;
         out.serialize_field("created_at", &row.created_at.timestamp())?;
         out.serialize_field("updated_at", &row.updated_at.timestamp())?;
+        out.end()
+    }
+}
+
+/// `model_metrics`, stored by the aggregator as `[{model_id, model_provider, count}]` in the
+/// contract's row order; written with each object's keys in the contract's order too (a JSON
+/// value would write them alphabetically).
+struct Models<'a>(&'a serde_json::Value);
+
+impl Serialize for Models<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(models) = self.0.as_array() else {
+            return self.0.serialize(serializer);
+        };
+        let mut out = serializer.serialize_seq(Some(models.len()))?;
+        for model in models {
+            out.serialize_element(&Model(model))?;
+        }
+        out.end()
+    }
+}
+
+struct Model<'a>(&'a serde_json::Value);
+
+impl Serialize for Model<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("ModelMetrics", 3)?;
+        out.serialize_field("model_id", &self.0["model_id"])?;
+        out.serialize_field("model_provider", &self.0["model_provider"])?;
+        out.serialize_field("count", &self.0["count"])?;
         out.end()
     }
 }
@@ -319,6 +347,18 @@ mod tests {
 
     fn date(value: &str) -> Result<NaiveDate, String> {
         parse_date("starting_date", value).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn model_metrics_keep_the_contracts_key_order() {
+        let stored = serde_json::json!([
+            {"count": 2, "model_id": "gpt-4o", "model_provider": "OpenAI"},
+            {"count": 1, "model_id": "claude", "model_provider": ""},
+        ]);
+        assert_eq!(
+            serde_json::to_string(&Models(&stored)).unwrap(),
+            r#"[{"model_id":"gpt-4o","model_provider":"OpenAI","count":2},{"model_id":"claude","model_provider":"","count":1}]"#
+        );
     }
 
     #[test]
