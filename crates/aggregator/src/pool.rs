@@ -29,6 +29,8 @@ pub fn connect(url: &str, max_size: u32, connect_timeout: Duration) -> Result<Po
         .max_size(max_size)
         .min_idle(Some(0))
         .connection_timeout(connect_timeout)
-        .test_on_check_out(false)
+        // A connection the server closed while it sat idle (restart, `pg_terminate_backend`,
+        // idle timeout) is found out at checkout, one `SELECT 1`, instead of failing the caller.
+        .test_on_check_out(true)
         .build_unchecked(ConnectionManager::<PgConnection>::new(url)))
 }
