@@ -146,7 +146,7 @@ async fn main() {
         percentile(&freshness, 0.99).as_secs_f64() * 1000.0,
         freshness.last().unwrap().as_secs_f64() * 1000.0,
     );
-    assert!(ingest.terminate(Duration::from_secs(30)).success());
-    assert!(query.terminate(Duration::from_secs(30)).success());
+    ingest.stop(Duration::from_secs(30));
+    query.stop(Duration::from_secs(30));
     broker.cleanup().await;
 }

@@ -8,5 +8,6 @@
     reason = "test helpers fail the test loudly, like the tests themselves"
 )]
 
+mod loadgen;
 mod pipeline;
 mod support;

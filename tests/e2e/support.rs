@@ -18,7 +18,7 @@ pub fn free_address() -> SocketAddr {
         .unwrap()
 }
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     // The test runs from <target>/<profile>/deps; the binaries sit in <target>/<profile>.
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().unwrap().parent().unwrap().join(name);
@@ -136,6 +136,17 @@ impl Service {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `deadline`; asserts the exit status is 0.
+    pub fn stop(&mut self, deadline: Duration) {
+        let status = self.terminate(deadline);
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM:\n{}",
+            self.name,
+            self.output()
+        );
     }
 
     /// Sends SIGTERM and waits for the exit, at most `deadline`.
