@@ -18,6 +18,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 MAX_EXAMPLES=${MAX_EXAMPLES:-50}
 MAX_TIME=${MAX_TIME:-60}
 SEED=${SEED:-1}
@@ -114,9 +115,10 @@ attack() {
     local label=$1 schema=$2 status=0
     shift 2
     echo "== schemathesis: $label"
-    "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$schema" \
+    # From the scratch folder, where schemathesis leaves its `.schemathesis` cache.
+    (cd "$WORK" && "$ROOT/$VENV/bin/schemathesis" --config-file schemathesis.toml run "$schema" \
         --url "http://$API" --checks all --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" \
-        --seed "$SEED" --workers 1 --continue-on-failure "$@" | tee "$WORK/$label.out" || status=$?
+        --seed "$SEED" --workers 1 --continue-on-failure "$@") | tee "$WORK/$label.out" || status=$?
     RESULTS+=("$label: $(grep -E '^ +[0-9]+ generated' "$WORK/$label.out" | sed 's/^ *//') (exit $status)")
     if [[ $status -ne 0 ]]; then FAILED=1; fi
 }
@@ -127,7 +129,7 @@ stop_service
 
 KEY=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 start_service "$KEY"
-attack keyed docs/metrics-openapi.yaml --header "Authorization: Bearer $KEY"
+attack keyed "$ROOT/docs/metrics-openapi.yaml" --header "Authorization: Bearer $KEY"
 stop_service
 
 echo
