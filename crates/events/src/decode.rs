@@ -135,14 +135,18 @@ pub struct EventError {
 /// The longest stretch of an id quoted back in an error message.
 const QUOTED_ID_CHARS: usize = 64;
 
+/// The longest reason kept: serde quotes the value it refuses (`unknown variant `...``), and the
+/// reason travels in the dead-letter header, which has to fit in one AMQP content-header frame.
+const REASON_CHARS: usize = 512;
+
 impl fmt::Display for EventError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(index) = self.index {
             write!(f, "batch element {index}")?;
         }
         match (&self.event_id, self.index) {
-            (Some(id), Some(_)) => write!(f, " (event `{}`)", Quoted(id))?,
-            (Some(id), None) => write!(f, "event `{}`", Quoted(id))?,
+            (Some(id), Some(_)) => write!(f, " (event `{}`)", Quoted(id, QUOTED_ID_CHARS))?,
+            (Some(id), None) => write!(f, "event `{}`", Quoted(id, QUOTED_ID_CHARS))?,
             (None, Some(_)) => {}
             (None, None) => f.write_str("event")?,
         }
@@ -153,12 +157,13 @@ impl fmt::Display for EventError {
     }
 }
 
-/// An id shortened for quoting, so that a hostile id cannot blow up a log line or a header.
-struct Quoted<'a>(&'a str);
+/// Text shortened to its first characters for quoting, so that a hostile value cannot blow up a
+/// log line or a header.
+struct Quoted<'a>(&'a str, usize);
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.char_indices().nth(QUOTED_ID_CHARS) {
+        match self.0.char_indices().nth(self.1) {
             Some((end, _)) => write!(f, "{}...", &self.0[..end]),
             None => f.write_str(self.0),
         }
@@ -228,11 +233,15 @@ struct Context {
 
 impl Context {
     fn error(&self, field: Option<&str>, reason: impl Into<String>) -> EventError {
+        let mut reason = reason.into();
+        if reason.chars().nth(REASON_CHARS).is_some() {
+            reason = Quoted(&reason, REASON_CHARS).to_string();
+        }
         EventError {
             event_id: self.event_id.clone(),
             index: self.index,
             field: field.map(str::to_owned),
-            reason: reason.into(),
+            reason,
         }
     }
 

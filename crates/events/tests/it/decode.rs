@@ -582,3 +582,103 @@ proptest! {
         }
     }
 }
+
+/// A reason quotes what it refuses; a hostile value must not make it (and so the dead-letter
+/// header, which an AMQP content-header frame has to hold whole) as large as the body.
+#[test]
+fn reasons_quoting_a_huge_value_stay_short() {
+    let huge = "x".repeat(500_000);
+    let cases = [
+        ("/specversion", json!(huge)),
+        ("/data/session_type", json!(huge)),
+        ("/data/metrics/input_tokens", json!(huge)),
+        ("/data/metrics/cost", json!(huge)),
+        ("/time", json!(huge)),
+    ];
+    for (pointer, value) in cases {
+        let mut event = run_completed();
+        *event.pointer_mut(pointer).unwrap() = value;
+        let message = error_of(&event);
+        assert!(
+            message.chars().count() <= 1024,
+            "{pointer}: a reason of {} characters",
+            message.chars().count()
+        );
+        assert!(message.starts_with("event `evt-2`: field `"), "{pointer}");
+    }
+    let mut event = run_completed();
+    event["data"]["session_type"] = json!(huge);
+    assert_eq!(
+        error_of(&event),
+        format!(
+            "event `evt-2`: field `data.session_type`: unknown variant `{}...",
+            "x".repeat(512 - "unknown variant `".len())
+        )
+    );
+}
+
+/// Nesting beyond the 128 levels serde_json allows is refused as not JSON, never by the stack,
+/// wherever it sits in an event; nesting within it in a field the decoder ignores is accepted.
+#[test]
+fn deep_nesting_inside_an_event_is_refused_without_overflowing() {
+    let limits = Limits::default();
+    for depth in [120, 200, 100_000] {
+        let nested = "[".repeat(depth) + &"]".repeat(depth);
+        for field in ["note", "metrics"] {
+            let body = format!(
+                r#"{{"specversion":"1.0","id":"e","source":"s","type":"agentos.run.completed","time":"2025-07-31T10:00:00Z","data":{{"run_id":"r","session_id":"s","session_type":"agent","{field}":{nested}}}}}"#
+            );
+            let result = decode_message(body.as_bytes(), &limits);
+            match (depth, field) {
+                (120, "note") => assert!(matches!(
+                    result.unwrap().events.as_slice(),
+                    [Ok(Decoded::Event(_))]
+                )),
+                (120, _) => assert_eq!(
+                    result.unwrap().events[0].as_ref().unwrap_err().to_string(),
+                    "event `e`: field `data.metrics`: is a JSON array, not an object"
+                ),
+                _ => assert!(
+                    matches!(result, Err(MessageError::NotJson(_))),
+                    "{depth} {field}"
+                ),
+            }
+        }
+    }
+}
+
+/// Absurd dates in every shape: the years 0 and 9999, the edges of chrono's range, and times
+/// that are not dates at all.
+#[test]
+fn absurd_times_are_refused_with_their_reason() {
+    let mut event = session_created();
+    for time in [
+        "0000-01-01T00:00:00+00:00",
+        "9999-12-31T23:59:59+00:00",
+        "0001-01-01T00:00:00-23:59",
+        "9999-12-31T23:59:59+23:59",
+    ] {
+        event["time"] = json!(time);
+        let error = decode_one(&event).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("time"), "{time}");
+        assert!(error.reason.starts_with("falls on "), "{time}: {error}");
+    }
+    for time in [
+        "+10000-01-01T00:00:00Z",
+        "-0001-01-01T00:00:00Z",
+        "2025-02-30T00:00:00Z",
+        "2025-07-31T24:00:01Z",
+        "",
+        "2025-07-31T10:00:00+99:00",
+    ] {
+        event["time"] = json!(time);
+        let error = decode_one(&event).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("time"), "{time}");
+        assert!(
+            error
+                .reason
+                .starts_with("is not an RFC 3339 timestamp with an offset"),
+            "{time}: {error}"
+        );
+    }
+}
