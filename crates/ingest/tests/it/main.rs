@@ -10,6 +10,7 @@ mod admin;
 mod commands;
 mod faults;
 mod lifecycle;
+mod limits;
 mod pipeline;
 mod poison;
 mod support;
