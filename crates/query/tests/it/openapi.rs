@@ -34,13 +34,25 @@ async fn the_served_document_is_the_contract() {
 
 #[test]
 fn the_committed_copy_equals_the_shared_contract() {
-    // CI and every developer have `shared/` beside the clone; the contract lives there.
-    let shared = workspace_root().join("../shared/contract/metrics-openapi.yaml");
-    assert!(
-        shared.exists(),
-        "the shared contract is missing at {}: check out shared/ beside the repository",
-        shared.display()
-    );
+    // The contract is maintained in `shared/contract/` beside the clone (METRICS_CONTRACT_DIR
+    // names another place). CI always has it; a clone of this repository alone does not, and
+    // there the committed copy is the contract, so the comparison is reported and skipped.
+    let dir = std::env::var_os("METRICS_CONTRACT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/contract"));
+    let shared = dir.join("metrics-openapi.yaml");
+    if !shared.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the shared contract is missing at {} (CI must have shared/ beside the clone)",
+            shared.display()
+        );
+        eprintln!(
+            "note: no shared contract at {}; the committed copy is not compared",
+            shared.display()
+        );
+        return;
+    }
     assert_eq!(
         yaml(&workspace_root().join("docs/metrics-openapi.yaml")),
         yaml(&shared)
