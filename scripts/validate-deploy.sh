@@ -51,7 +51,10 @@ check() {
 setup_venv() {
   local stamp=$VENV/.tools want
   want="${TOOLS[*]} / ${LINTERS[*]}"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  # Reuse the virtualenv only when it has these tools and still runs where it is (a moved or
+  # copied venv keeps the old absolute paths in its scripts).
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+    "$VENV/bin/check-jsonschema" --version >/dev/null 2>&1; then
     return
   fi
   say "== installing the validation tools into $VENV"
