@@ -3,13 +3,14 @@
 //! hostile value cannot make the reason (an AMQP header) as large as the body.
 
 use metrics_events::{Limits, decode_message};
-use metrics_ingest::consumer::{ERROR_HEADER, error_chain};
+use metrics_ingest::consumer::error_chain;
 use metrics_ingest::telemetry::Outcome;
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::{Value, json};
 
 use crate::support::{
-    DEADLINE, DaySummary, Running, body, day, declare, run_completed, settings, wait_for_rows,
+    DEADLINE, DaySummary, Running, body, day, dead_letters, declare, run_completed, settings,
+    wait_for_rows,
 };
 
 /// `event` with an ignored `data.note` that pads its body to exactly `size` bytes.
@@ -64,23 +65,7 @@ async fn one_past_each_default_limit_is_dead_lettered_with_its_reason() {
         broker.publish("agentos.batch", message).await;
     }
 
-    let dead_queue = broker.dead_letter_queue();
-    eventually(DEADLINE, || async {
-        let ready = broker.ready_count(&dead_queue).await;
-        if ready as usize == dead.len() {
-            Ok(())
-        } else {
-            Err(ready)
-        }
-    })
-    .await;
-    let mut received = Vec::new();
-    while let Some(message) = broker.get(&dead_queue).await {
-        let header = message
-            .header(ERROR_HEADER)
-            .expect("every dead letter carries the reason");
-        received.push((header, message.body));
-    }
+    let mut received = dead_letters(&broker, dead.len()).await;
     dead.sort();
     received.sort();
     let reasons = |letters: &[(String, Vec<u8>)]| {

@@ -2,13 +2,14 @@
 //! valid traffic around it is counted.
 
 use metrics_events::{Limits, decode_message};
-use metrics_ingest::consumer::{ERROR_HEADER, error_chain};
+use metrics_ingest::consumer::error_chain;
 use metrics_ingest::telemetry::Outcome;
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::{Value, json};
 
 use crate::support::{
-    DEADLINE, DaySummary, Running, body, day, declare, run_completed, settings, wait_for_rows,
+    DEADLINE, DaySummary, Running, body, day, dead_letters, declare, run_completed, settings,
+    wait_for_rows,
 };
 
 /// The dead letters a body must produce: (body, `x-metrics-error`), as the contract's decoder
@@ -111,23 +112,11 @@ async fn every_kind_of_bad_input_is_dead_lettered_with_its_reason() {
         broker.publish("agentos.run.completed", message).await;
     }
 
-    let dead_queue = broker.dead_letter_queue();
-    eventually(DEADLINE, || async {
-        let dead = broker.ready_count(&dead_queue).await;
-        if dead as usize == expected.len() {
-            Ok(())
-        } else {
-            Err(dead)
-        }
-    })
-    .await;
-    let mut received = Vec::new();
-    while let Some(message) = broker.get(&dead_queue).await {
-        let header = message
-            .header(ERROR_HEADER)
-            .expect("every dead letter carries the reason");
-        received.push((String::from_utf8_lossy(&message.body).into_owned(), header));
-    }
+    let mut received: Vec<(String, String)> = dead_letters(&broker, expected.len())
+        .await
+        .into_iter()
+        .map(|(reason, body)| (String::from_utf8_lossy(&body).into_owned(), reason))
+        .collect();
     expected.sort();
     received.sort();
     assert_eq!(received, expected);

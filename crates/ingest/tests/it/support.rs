@@ -6,15 +6,39 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
 use metrics_aggregator::DateRange;
+use metrics_ingest::consumer::ERROR_HEADER;
 use metrics_ingest::topology::Topology;
 use metrics_ingest::{Application, Settings};
-use metrics_test_support::{TestBroker, TestDatabase};
+use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long any condition may take to become true.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until the test's dead-letter queue holds `count` messages, then takes them all, each as
+/// its `x-metrics-error` reason and its body.
+pub async fn dead_letters(broker: &TestBroker, count: usize) -> Vec<(String, Vec<u8>)> {
+    let dead_queue = broker.dead_letter_queue();
+    eventually(DEADLINE, || async {
+        let ready = broker.ready_count(&dead_queue).await;
+        if ready as usize == count {
+            Ok(())
+        } else {
+            Err(ready)
+        }
+    })
+    .await;
+    let mut received = Vec::new();
+    while let Some(message) = broker.get(&dead_queue).await {
+        let reason = message
+            .header(ERROR_HEADER)
+            .expect("every dead letter carries the reason");
+        received.push((reason, message.body));
+    }
+    received
+}
 
 /// The defaults, pointed at this test's database and broker names, with short waits.
 pub fn settings(database: &TestDatabase, broker: &TestBroker) -> Settings {
