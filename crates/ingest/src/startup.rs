@@ -105,15 +105,17 @@ impl Application {
             "metrics-ingest started"
         );
         let mut consumer = tokio::spawn(consumer::run(Arc::clone(&context), shutdown.clone()));
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            _ = &mut consumer => {}
-        }
+        // The consumer only returns once `shutdown` is cancelled, but a join handle must not be
+        // polled again after it has completed, so remember whether it already has.
+        let finished = tokio::select! {
+            () = shutdown.cancelled() => false,
+            _ = &mut consumer => true,
+        };
         context.health.set_draining();
         context.metrics.set_ready(false);
         info!("shutdown requested: draining");
         let drain = Duration::from_millis(context.settings.shutdown.timeout_ms);
-        if tokio::time::timeout(drain, &mut consumer).await.is_err() {
+        if !finished && tokio::time::timeout(drain, &mut consumer).await.is_err() {
             warn!(
                 timeout_ms = context.settings.shutdown.timeout_ms,
                 "draining took too long; closing with deliveries unacknowledged (they return to the queue)"
