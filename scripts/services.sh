@@ -10,6 +10,9 @@
 # - Otherwise, on a Debian-like machine as root, PostgreSQL and RabbitMQ are installed from the
 #   distribution's packages (when missing) and started.
 # A service that still does not answer is an error, never a silent skip.
+# The fault-injection suite (`cargo test -p metrics-e2e --test faults`) also runs a private
+# PostgreSQL server and RabbitMQ node of its own, so their server programs (initdb, pg_ctl,
+# rabbitmq-server) are installed from the distribution's packages when missing.
 
 set -euo pipefail
 
@@ -100,8 +103,20 @@ ensure_build_deps() {
   fi
 }
 
+has_initdb() {
+  [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/initdb" ] && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1
+}
+
+ensure_server_programs() {
+  has_initdb || apt_install postgresql
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 ||
+    apt_install rabbitmq-server
+}
+
 ensure_services() {
   ensure_build_deps
+  ensure_server_programs
   if postgres_answers && rabbitmq_answers; then
     return 0
   fi

@@ -16,20 +16,16 @@
     reason = "a benchmark binary reports on stdout and fails loudly"
 )]
 
-#[path = "../e2e/support.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use metrics_events::{Event, EventKind, RunCompleted, SessionType, Usage};
 use metrics_publisher::{OutgoingMessage, Publisher, PublisherOptions};
+use metrics_test_support::process::{KEY, Service};
 use metrics_test_support::{TestBroker, TestDatabase};
 use serde_json::Value;
 use tokio::sync::Mutex;
-
-use support::{KEY, Service};
 
 fn event(n: u64) -> Event {
     Event {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::Value;
 
-use crate::support::{KEY, Service, binary};
+use metrics_test_support::process::{KEY, Service, binary};
 
 /// Sums the rows of a `GET /metrics` body into the loadgen summary's shape.
 fn totals(body: &Value) -> Value {

@@ -10,4 +10,3 @@
 
 mod loadgen;
 mod pipeline;
-mod support;

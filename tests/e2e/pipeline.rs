@@ -9,7 +9,7 @@ use metrics_publisher::{EVENT_CONTENT_TYPE, OutgoingMessage, Publisher, Publishe
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::{Value, json};
 
-use crate::support::{KEY, Service};
+use metrics_test_support::process::{KEY, Service};
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().to_utc()

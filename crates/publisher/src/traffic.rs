@@ -240,15 +240,16 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
     let poison = (messages.len() as f64 * options.poison.clamp(0.0, 1.0)).round() as usize;
     for p in 0..poison {
         let at = rng.random_range(0..=messages.len());
-        messages.insert(at, poison_message(p, options.start));
+        messages.insert(at, poison_message(options.seed, p, options.start));
     }
     summary.poison_messages = poison;
     summary.messages = messages.len();
     Traffic { messages, summary }
 }
 
-/// One message of each kind of bad input `events.md` names, in turn.
-fn poison_message(index: usize, start: DateTime<Utc>) -> OutgoingMessage {
+/// One message of each kind of bad input `events.md` names, in turn. Every body is different (it
+/// names the seed and the index), so the dead-letter queue can be checked message by message.
+fn poison_message(seed: u64, index: usize, start: DateTime<Utc>) -> OutgoingMessage {
     let time = start.to_rfc3339();
     let run = |id: &str, time: &str, data: serde_json::Value| {
         serde_json::json!({
@@ -257,10 +258,10 @@ fn poison_message(index: usize, start: DateTime<Utc>) -> OutgoingMessage {
         })
         .to_string()
     };
-    let id = format!("poison-{index}");
+    let id = format!("poison-{seed}-{index}");
     let body = match index % 7 {
-        0 => "this is not JSON".to_owned(),
-        1 => "\"a JSON string\"".to_owned(),
+        0 => format!("{id} is not JSON"),
+        1 => format!("\"{id} is a JSON string\""),
         2 => run(
             &id,
             &time,

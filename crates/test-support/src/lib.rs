@@ -2,12 +2,16 @@
 //! fails the test with a message that says how to start it, never a silent skip.
 #![expect(
     clippy::expect_used,
+    clippy::unwrap_used,
     reason = "fixtures run only inside tests, where failing loudly is the point"
 )]
 
 mod broker;
 mod database;
 mod eventually;
+pub mod private;
+pub mod process;
+pub mod rows;
 
 pub use broker::{ReceivedMessage, TestBroker};
 pub use database::TestDatabase;

@@ -1,4 +1,7 @@
-//! Running the service binaries as child processes.
+//! The service binaries (`metrics-ingest`, `metrics-query`) as child processes on free loopback
+//! ports, with their output kept in a log file for the failure message.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -6,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use metrics_test_support::{TestBroker, TestDatabase};
+use crate::{TestBroker, TestDatabase};
 
 /// The security key the tests' query service requires.
 pub const KEY: &str = "e2e-secret-key";
@@ -18,6 +21,11 @@ pub fn free_address() -> SocketAddr {
         .unwrap()
 }
 
+/// The path of a binary of the workspace, built beside the running test.
+///
+/// # Panics
+///
+/// When the binary has not been built.
 pub fn binary(name: &str) -> PathBuf {
     // The test runs from <target>/<profile>/deps; the binaries sit in <target>/<profile>.
     let exe = std::env::current_exe().unwrap();
@@ -31,7 +39,33 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Where an ingest replica reads from and writes to.
+#[derive(Debug, Clone)]
+pub struct IngestTarget {
+    /// `METRICS_DATABASE__URL`.
+    pub database_url: String,
+    /// `METRICS_AMQP__URL`.
+    pub amqp_url: String,
+    /// `METRICS_AMQP__EXCHANGE`.
+    pub exchange: String,
+    /// `METRICS_AMQP__QUEUE`.
+    pub queue: String,
+}
+
+impl IngestTarget {
+    /// The test's database, exchange and queue.
+    pub fn new(db: &TestDatabase, broker: &TestBroker) -> Self {
+        Self {
+            database_url: db.url().to_owned(),
+            amqp_url: broker.url().to_owned(),
+            exchange: broker.exchange().to_owned(),
+            queue: broker.queue().to_owned(),
+        }
+    }
+}
+
 /// A service binary running as a child process; killed on drop if still running.
+#[derive(Debug)]
 pub struct Service {
     name: &'static str,
     child: Child,
@@ -78,18 +112,23 @@ impl Service {
 
     /// `metrics-ingest run` on the test's database, exchange and queue.
     pub fn ingest(db: &TestDatabase, broker: &TestBroker) -> Self {
-        Self::spawn(
-            "metrics-ingest",
-            &["run"],
-            vec![
-                ("METRICS_DATABASE__URL", db.url().to_owned()),
-                ("METRICS_AMQP__URL", broker.url().to_owned()),
-                ("METRICS_AMQP__EXCHANGE", broker.exchange().to_owned()),
-                ("METRICS_AMQP__QUEUE", broker.queue().to_owned()),
-            ],
-            free_address(),
-            None,
-        )
+        Self::ingest_at(&IngestTarget::new(db, broker), &[])
+    }
+
+    /// `metrics-ingest run` on `target`, with extra `METRICS_*` settings.
+    pub fn ingest_at(target: &IngestTarget, settings: &[(&str, &str)]) -> Self {
+        let mut env = vec![
+            ("METRICS_DATABASE__URL", target.database_url.clone()),
+            ("METRICS_AMQP__URL", target.amqp_url.clone()),
+            ("METRICS_AMQP__EXCHANGE", target.exchange.clone()),
+            ("METRICS_AMQP__QUEUE", target.queue.clone()),
+        ];
+        env.extend(
+            settings
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned())),
+        );
+        Self::spawn("metrics-ingest", &["run"], env, free_address(), None)
     }
 
     /// `metrics-query` on the test's database, requiring [`KEY`].
@@ -114,11 +153,15 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until `/readyz` answers 200, at most 30 s.
-    pub async fn ready(&mut self) {
+    /// Waits until `/readyz` answers 200, at most `deadline`.
+    ///
+    /// # Panics
+    ///
+    /// When the process exits or is not ready in time, with its output.
+    pub async fn ready_within(&mut self, deadline: Duration) {
         let url = format!("http://{}/readyz", self.admin);
         let client = reqwest::Client::new();
-        let until = Instant::now() + Duration::from_secs(30);
+        let until = Instant::now() + deadline;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("{} exited with {status}:\n{}", self.name, self.output());
@@ -130,12 +173,30 @@ impl Service {
             };
             assert!(
                 Instant::now() < until,
-                "{} not ready after 30 s ({state}):\n{}",
+                "{} not ready after {deadline:?} ({state}):\n{}",
                 self.name,
                 self.output()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until `/readyz` answers 200, at most 30 s.
+    pub async fn ready(&mut self) {
+        self.ready_within(Duration::from_secs(30)).await;
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Sends SIGKILL and reaps the process: a crash, with no chance to settle anything.
+    pub fn kill(&mut self) {
+        if self.has_exited().is_none() {
+            self.child.kill().unwrap();
+        }
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit, at most `deadline`; asserts the exit status is 0.

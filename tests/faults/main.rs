@@ -1,0 +1,368 @@
+//! Fault injection: the whole pipeline on a PostgreSQL server and a RabbitMQ node of its own,
+//! which it crashes and restarts while two `metrics-ingest` replicas (which it SIGKILLs, again
+//! and again) drain what two `metrics-loadgen` processes publish: at least 100,000 events with
+//! redeliveries, re-sent runs, shuffled (out-of-order) times and poison messages, as single events
+//! and as batches.
+//!
+//! At the end the rows must equal the rows computed in memory from the distinct valid events,
+//! and the dead-letter queue must hold exactly the poison messages (each at least once: a replica
+//! killed between a dead letter's confirm and the original's acknowledgement dead-letters that
+//! message again, so copies are counted and reported, never a different message).
+//!
+//! ```sh
+//! cargo build --workspace --bins
+//! cargo test -p metrics-e2e --test faults -- --nocapture            # 100,000 events
+//! METRICS_FAULTS_EVENTS=400000 cargo test -p metrics-e2e --test faults -- --nocapture
+//! ```
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "the test fails loudly and prints the figures it measured"
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use diesel::{Connection, PgConnection};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection as AmqpConnection, ConnectionProperties};
+use metrics_events::{Decoded, Event, Limits, decode_message};
+use metrics_publisher::traffic::{Summary, Traffic, TrafficOptions, generate};
+use metrics_test_support::private::{PrivatePostgres, PrivateRabbit};
+use metrics_test_support::process::{IngestTarget, Service, binary};
+use metrics_test_support::rows::{Day, reference, try_snapshot};
+
+const TABLE: &str = "agno_metrics";
+const EXCHANGE: &str = "agentos.events";
+const QUEUE: &str = "metrics.faults";
+
+/// One `metrics-loadgen` stream: its options, passed on its command line and used here to
+/// compute what it sends.
+struct Stream {
+    options: TrafficOptions,
+    rate: u64,
+}
+
+impl Stream {
+    fn traffic(&self) -> Traffic {
+        generate(&self.options)
+    }
+
+    fn spawn(&self, amqp_url: &str) -> Child {
+        let o = &self.options;
+        Command::new(binary("metrics-loadgen"))
+            .args(["--url", amqp_url, "--exchange", EXCHANGE, "--json"])
+            .args(["--sessions", &o.sessions.to_string()])
+            .args(["--max-runs", &o.max_runs_per_session.to_string()])
+            .args(["--users", &o.users.to_string()])
+            .args(["--days", &o.days.to_string()])
+            .args(["--start", &o.start.date_naive().to_string()])
+            .args(["--batch", &o.batch.to_string()])
+            .args(["--rate", &self.rate.to_string()])
+            .args(["--duplicates", &o.duplicates.to_string()])
+            .args(["--resent-runs", &o.resent_runs.to_string()])
+            .args(["--poison", &o.poison.to_string()])
+            .args(["--seed", &o.seed.to_string()])
+            .args(["--source", &o.source])
+            .args(o.shuffle.then_some("--shuffle"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The valid events and the poison bodies of some traffic, by decoding every message the way
+/// ingest does.
+fn split(traffic: &Traffic, events: &mut Vec<Event>, poison: &mut BTreeSet<Vec<u8>>) {
+    for message in &traffic.messages {
+        match decode_message(&message.body, &Limits::default()) {
+            Ok(decoded) if !decoded.is_batch && decoded.events.iter().any(Result::is_err) => {
+                poison.insert(message.body.clone());
+            }
+            Ok(decoded) => {
+                for element in decoded.events {
+                    match element {
+                        Ok(Decoded::Event(event)) => events.push(event),
+                        other => panic!("loadgen's traffic holds a bad batch element: {other:?}"),
+                    }
+                }
+            }
+            Err(_) => {
+                poison.insert(message.body.clone());
+            }
+        }
+    }
+}
+
+/// Every message of the dead-letter queue: body and whether it carries the reason header.
+async fn drain_dead_letters(amqp_url: &str) -> Vec<(Vec<u8>, bool)> {
+    let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut letters = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            format!("{QUEUE}.dead").as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+    {
+        let has_reason = message
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get("x-metrics-error"))
+            .is_some_and(
+                |value| matches!(value, AMQPValue::LongString(text) if !text.as_bytes().is_empty()),
+            );
+        letters.push((message.delivery.data.clone(), has_reason));
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(0, "done".into()).await;
+    letters
+}
+
+/// Messages ready in the main queue (a passive declare).
+async fn ready_in_queue(amqp_url: &str) -> u32 {
+    let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(0, "done".into()).await;
+    queue.message_count()
+}
+
+/// The table's rows, or `None` while the database is unreachable or the table not yet there.
+fn rows(database_url: &str) -> Option<Vec<Day>> {
+    let mut conn = PgConnection::establish(database_url).ok()?;
+    try_snapshot(&mut conn, TABLE).ok()
+}
+
+fn first_difference(actual: &[Day], expected: &[Day]) -> String {
+    if actual.len() != expected.len() {
+        return format!("{} days, expected {}", actual.len(), expected.len());
+    }
+    actual
+        .iter()
+        .zip(expected)
+        .find(|(a, e)| a != e)
+        .map_or_else(String::new, |(a, e)| format!("{a:?}\n  expected {e:?}"))
+}
+
+fn events_target() -> usize {
+    std::env::var("METRICS_FAULTS_EVENTS")
+        .ok()
+        .map(|value| value.parse().unwrap())
+        .unwrap_or(100_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
+    let started = Instant::now();
+    // About four distinct events per session (one `session.created`, one to five runs); a
+    // quarter of the sessions go out as single events, the rest in batches of 25.
+    let sessions = events_target().div_ceil(4);
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let stream = |seed: u64, sessions: usize, batch: usize, rate: u64| Stream {
+        options: TrafficOptions {
+            sessions,
+            max_runs_per_session: 5,
+            users: 500,
+            start,
+            days: 30,
+            source: "agno://metrics-faults".to_owned(),
+            batch,
+            duplicates: 0.05,
+            resent_runs: 0.05,
+            shuffle: true,
+            poison: 0.005,
+            seed,
+        },
+        rate,
+    };
+    // Publishing lasts about 34 s whatever the size, so that every fault lands in the flow.
+    let rate = u64::try_from(events_target() / 34).unwrap().max(100);
+    let streams = [
+        stream(61, sessions / 4, 1, rate / 4),
+        stream(62, sessions - sessions / 4, 25, rate - rate / 4),
+    ];
+    let mut valid = Vec::new();
+    let mut poison = BTreeSet::new();
+    let mut summaries: Vec<Summary> = Vec::new();
+    for stream in &streams {
+        let traffic = stream.traffic();
+        split(&traffic, &mut valid, &mut poison);
+        summaries.push(traffic.summary);
+    }
+    let expected = reference(&valid);
+    let events_sent: usize = summaries.iter().map(|s| s.events_sent).sum();
+    let distinct: usize = summaries.iter().map(|s| s.distinct_events).sum();
+    assert!(events_sent >= events_target(), "{events_sent} events");
+
+    let postgres = PrivatePostgres::start();
+    let mut rabbit = PrivateRabbit::start().await;
+    let database_url = postgres.create_database("metrics");
+    let migrate = Command::new(binary("metrics-ingest"))
+        .arg("migrate")
+        .env("METRICS_DATABASE__URL", &database_url)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+    let target = IngestTarget {
+        database_url: database_url.clone(),
+        amqp_url: rabbit.url(),
+        exchange: EXCHANGE.to_owned(),
+        queue: QUEUE.to_owned(),
+    };
+    let settings = [
+        ("METRICS_BACKOFF__MAX_MS", "2000"),
+        ("METRICS_DATABASE__TABLE", TABLE),
+    ];
+    let mut replicas = [
+        Service::ingest_at(&target, &settings),
+        Service::ingest_at(&target, &settings),
+    ];
+    for replica in &mut replicas {
+        replica.ready().await;
+    }
+    let set_up = started.elapsed();
+
+    // Publish, and inject the faults while the streams flow.
+    let publishing = Instant::now();
+    let mut loadgens: Vec<Child> = streams.iter().map(|s| s.spawn(&rabbit.url())).collect();
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    let at = |seconds: u64| publishing + Duration::from_secs(seconds);
+    let plan: [(Instant, &str); 8] = [
+        (at(3), "SIGKILL ingest replica 1"),
+        (at(6), "SIGKILL ingest replica 2"),
+        (at(9), "crash and restart RabbitMQ"),
+        (at(18), "SIGKILL ingest replica 1"),
+        (at(21), "crash and restart PostgreSQL"),
+        (at(25), "SIGKILL ingest replica 2"),
+        (at(28), "SIGKILL ingest replica 1"),
+        (at(31), "SIGKILL ingest replica 2"),
+    ];
+    for (when, fault) in plan {
+        tokio::time::sleep_until(when.into()).await;
+        let at_second = publishing.elapsed().as_secs_f64();
+        match fault {
+            "crash and restart RabbitMQ" => {
+                rabbit.crash_and_restart(Duration::from_secs(1)).await;
+            }
+            "crash and restart PostgreSQL" => {
+                postgres.crash_and_restart(Duration::from_secs(2)).await;
+            }
+            replica => {
+                let index = usize::from(replica.ends_with('2'));
+                replicas[index].kill();
+                replicas[index] = Service::ingest_at(&target, &settings);
+            }
+        }
+        println!("faults: {at_second:5.1} s  {fault}");
+        *faults.entry(fault).or_default() += 1;
+    }
+    for loadgen in &mut loadgens {
+        let status = loadgen.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut err) = loadgen.stderr.take() {
+            std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();
+        }
+        assert!(status.success(), "metrics-loadgen failed: {stderr}");
+    }
+    let published = publishing.elapsed();
+
+    // Converge: the rows equal the reference and stay so.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let last = match rows(&database_url) {
+            Some(actual) if actual == expected => break,
+            Some(actual) => first_difference(&actual, &expected),
+            None => "the database is unreachable".to_owned(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the rows did not converge within 180 s of the last publish: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let converged = publishing.elapsed() - published;
+
+    for replica in &mut replicas {
+        replica.stop(Duration::from_secs(30));
+    }
+    assert_eq!(ready_in_queue(&rabbit.url()).await, 0, "messages left over");
+    assert_eq!(rows(&database_url).unwrap(), expected);
+
+    let letters = drain_dead_letters(&rabbit.url()).await;
+    assert!(
+        letters.iter().all(|(_, has_reason)| *has_reason),
+        "a dead letter without x-metrics-error"
+    );
+    let bodies: BTreeSet<Vec<u8>> = letters.iter().map(|(body, _)| body.clone()).collect();
+    let strays: Vec<String> = bodies
+        .difference(&poison)
+        .map(|body| String::from_utf8_lossy(body).into_owned())
+        .take(3)
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "dead letters that are not poison: {strays:?}"
+    );
+    let missing = poison.difference(&bodies).count();
+    assert_eq!(missing, 0, "{missing} poison messages not dead-lettered");
+    let copies = letters.len() - bodies.len();
+
+    let runs: i64 = expected
+        .iter()
+        .map(|day| day.runs.iter().sum::<i64>())
+        .sum();
+    let sessions: i64 = expected
+        .iter()
+        .map(|day| day.sessions.iter().sum::<i64>())
+        .sum();
+    println!(
+        "faults: {events_sent} events published ({distinct} distinct, {} poison messages), \
+         {} days, {runs} runs, {sessions} sessions",
+        poison.len(),
+        expected.len(),
+    );
+    println!(
+        "faults: injected {} faults ({}), 2 ingest replicas",
+        faults.values().sum::<u32>(),
+        faults
+            .iter()
+            .map(|(fault, n)| format!("{fault} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "faults: set-up {:.1} s, publishing {:.1} s, converged {:.1} s after the last publish; \
+         rows equal the reference; dead-letter queue: {} poison messages, {copies} extra copies",
+        set_up.as_secs_f64(),
+        published.as_secs_f64(),
+        converged.as_secs_f64(),
+        poison.len()
+    );
+}
