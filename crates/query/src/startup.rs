@@ -50,10 +50,22 @@ impl Database {
         found.ok_or_else(|| {
             ApiError::NotFound(format!(
                 "Table '{}' not found in database '{}'",
-                name.unwrap_or_default(),
+                echoed(name.unwrap_or_default()),
                 self.id
             ))
         })
+    }
+}
+
+/// The longest client-supplied name an error detail quotes back whole.
+const ECHO_CHARS: usize = 128;
+
+/// `name` as an error detail quotes it: whole up to [`ECHO_CHARS`] characters, else cut there
+/// and marked with `…`, so a huge parameter never makes a huge response.
+fn echoed(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.char_indices().nth(ECHO_CHARS) {
+        None => name.into(),
+        Some((end, _)) => format!("{}…", &name[..end]).into(),
     }
 }
 
@@ -79,7 +91,7 @@ impl Databases {
         found.ok_or_else(|| {
             ApiError::NotFound(format!(
                 "Database with id '{}' not found",
-                id.unwrap_or_default()
+                echoed(id.unwrap_or_default())
             ))
         })
     }

@@ -155,6 +155,22 @@ async fn sql_in_table_or_db_id_is_only_ever_an_unknown_name() {
             )
         )
     );
+    // A huge name is quoted back cut at 128 characters.
+    let long = "%C3%A9".repeat(300);
+    let reply = app.get(&format!("/metrics?table={long}"), &[]).await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            404,
+            error(
+                &format!(
+                    "Table '{}…' not found in database 'default'",
+                    "é".repeat(128)
+                ),
+                "NOT_FOUND"
+            )
+        )
+    );
     // The data is untouched.
     let reply = app.get("/metrics", &[]).await;
     assert_eq!(reply.status.as_u16(), 200);
