@@ -7,12 +7,14 @@
 # 365-day ranges and the ceiling, and prints requests/s, p50, p99 and the service's peak RSS.
 #
 # Needs: PostgreSQL reachable at BENCH_DATABASE_URL's server (default loopback, user postgres),
-# wrk (`apt-get install -y wrk`), curl, psql. Loopback only; each wrk run lasts DURATION.
+# wrk (installed from the distribution's packages when missing), curl, psql. Loopback only; each
+# wrk run lasts DURATION.
 #
 #   scripts/bench-query.sh            # DURATION=10s CONNECTIONS=32 THREADS=2
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+command -v wrk >/dev/null 2>&1 || { . scripts/services.sh >/dev/null; apt_install wrk; }
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}

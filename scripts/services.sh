@@ -39,12 +39,16 @@ postgres_answers() {
   if command -v psql >/dev/null 2>&1; then
     psql "$TEST_DATABASE_URL" -qAtc 'SELECT 1' >/dev/null 2>&1
   else
-    answers $(host_port "$TEST_DATABASE_URL" 5432)
+    local host port
+    read -r host port < <(host_port "$TEST_DATABASE_URL" 5432)
+    answers "$host" "$port"
   fi
 }
 
 rabbitmq_answers() {
-  answers $(host_port "$TEST_AMQP_URL" 5672)
+  local host port
+  read -r host port < <(host_port "$TEST_AMQP_URL" 5672)
+  answers "$host" "$port"
 }
 
 wait_for() { # name check seconds
@@ -65,10 +69,10 @@ start_with_docker() {
 }
 
 apt_install() {
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     say "cannot install $* (needs root and apt-get): install it, or set TEST_DATABASE_URL / TEST_AMQP_URL"
     return 1
-  }
+  fi
   if [ -z "${apt_updated:-}" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     apt_updated=1
@@ -79,7 +83,7 @@ apt_install() {
 start_postgres_from_packages() {
   command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
   local version
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
   say "starting the distribution's PostgreSQL $version"
   pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   wait_for PostgreSQL postgres_answers_local 30

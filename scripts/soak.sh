@@ -5,11 +5,14 @@
 # checks that every published event was counted.
 #
 #   scripts/soak.sh                   # DURATION=60 (s) CONNECTIONS=64 RATE=500 (events/s)
+#   PROFILE=debug DURATION=10 scripts/soak.sh     # the bounded form CI runs, on the test build
 #
-# Needs PostgreSQL and RabbitMQ on loopback (scripts/services.sh), wrk (apt-get install wrk).
+# Needs PostgreSQL and RabbitMQ on loopback and wrk: scripts/services.sh sees to the services,
+# and wrk is installed from the distribution's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh >/dev/null
+command -v wrk >/dev/null 2>&1 || apt_install wrk
 
 DURATION=${DURATION:-60}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -19,10 +22,14 @@ SERVER=${TEST_DATABASE_URL%/*}
 URL="$SERVER/metrics_$SUFFIX"
 QUEUE="metrics.$SUFFIX"
 EXCHANGE="events.$SUFFIX"
+# A virtual host of its own: deleting it at the end removes the exchanges and queues with it.
+VHOST="metrics_$SUFFIX"
+AMQP_URL="${TEST_AMQP_URL%/*}/$VHOST"
 API=127.0.0.1:17877
 QUERY_ADMIN=127.0.0.1:17878
 INGEST_ADMIN=127.0.0.1:17879
-BIN=${CARGO_TARGET_DIR:-target}/release
+PROFILE=${PROFILE:-release}
+BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
 WORK=$(mktemp -d)
 PIDS=()
 
@@ -30,16 +37,21 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS metrics_$SUFFIX WITH (FORCE)" >/dev/null 2>&1 || true
-  rabbitmqctl delete_queue "$QUEUE" >/dev/null 2>&1 || true
-  rabbitmqctl delete_queue "$QUEUE.dead" >/dev/null 2>&1 || true
+  rabbitmqctl delete_vhost "$VHOST" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-cargo build --release -q --workspace --bins
+if [ "$PROFILE" = release ]; then
+  cargo build --release -q --workspace --bins
+else
+  cargo build -q --workspace --bins
+fi
 psql -q "$TEST_DATABASE_URL" -c "CREATE DATABASE metrics_$SUFFIX" >/dev/null
+rabbitmqctl add_vhost "$VHOST" >/dev/null
+rabbitmqctl set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
 
-export METRICS_DATABASE__URL="$URL" METRICS_AMQP__URL="$TEST_AMQP_URL"
+export METRICS_DATABASE__URL="$URL" METRICS_AMQP__URL="$AMQP_URL"
 export METRICS_AMQP__QUEUE="$QUEUE" METRICS_AMQP__EXCHANGE="$EXCHANGE"
 "$BIN/metrics-ingest" migrate >/dev/null
 METRICS_ADMIN__LISTEN=$INGEST_ADMIN "$BIN/metrics-ingest" run >"$WORK/ingest.log" 2>&1 &
@@ -61,7 +73,7 @@ SAMPLER=$!
 
 # Sessions of 1 to 5 runs average 4 events: enough sessions to publish at RATE for DURATION.
 SESSIONS=$((RATE * DURATION / 4))
-"$BIN/metrics-loadgen" --url "$TEST_AMQP_URL" --exchange "$EXCHANGE" --sessions "$SESSIONS" \
+"$BIN/metrics-loadgen" --url "$AMQP_URL" --exchange "$EXCHANGE" --sessions "$SESSIONS" \
   --days 30 --rate "$RATE" --duplicates 0.02 --shuffle --json >"$WORK/loadgen.json" 2>/dev/null &
 LOADGEN=$!
 

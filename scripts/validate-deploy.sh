@@ -6,7 +6,7 @@
 # - docker-compose.yml against the Compose Specification's JSON Schema (check-jsonschema's
 #   vendored copy), plus the project's rules: ports on 127.0.0.1, healthchecks, depends_on
 #   conditions, METRICS_* variables that name real configuration keys;
-# - deploy/Dockerfile with hadolint, deploy/healthcheck.sh and this script with shellcheck;
+# - deploy/Dockerfile with hadolint; deploy/healthcheck.sh, scripts/*.sh and .ci/run with shellcheck;
 # - deploy/k8s: the base and every overlay rendered with kustomize (a `kustomize` binary, or
 #   `kubectl kustomize` with kustomize v4 or newer; without either, each manifest file is checked
 #   on its own), every object validated against the Kubernetes OpenAPI schemas of the oldest and
@@ -334,7 +334,7 @@ shell_lint() {
     say "   note: no shellcheck here; shell lint skipped"
     return 0
   fi
-  "$VENV/bin/shellcheck" deploy/healthcheck.sh scripts/validate-deploy.sh
+  "$VENV/bin/shellcheck" --severity=warning deploy/healthcheck.sh scripts/*.sh .ci/run
 }
 
 # --- Kubernetes -------------------------------------------------------------------------------
