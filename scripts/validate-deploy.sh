@@ -435,7 +435,7 @@ check "docker-compose.yml: Compose Specification schema" compose_schema
 check "docker-compose.yml: ports, healthchecks, depends_on, METRICS_* keys" \
   rules compose docker-compose.yml
 check "deploy/Dockerfile: hadolint" dockerfile_lint
-check "deploy/healthcheck.sh, scripts/validate-deploy.sh: shellcheck" shell_lint
+check "deploy/healthcheck.sh, scripts/*.sh, .ci/run: shellcheck" shell_lint
 
 # KUSTOMIZE= (empty) in the environment forces the file-by-file fallback.
 KUSTOMIZE=${KUSTOMIZE-$(kustomize_command)}
