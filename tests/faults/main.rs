@@ -39,6 +39,36 @@ const TABLE: &str = "agno_metrics";
 const EXCHANGE: &str = "agentos.events";
 const QUEUE: &str = "metrics.faults";
 
+/// What the suite does to the system while the streams flow.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL an ingest replica and start a new one at once.
+    KillReplica(usize),
+    /// SIGKILL the RabbitMQ node; while it is down, SIGKILL a replica too; restart after 1 s.
+    CrashRabbit { kill_replica: usize },
+    /// Stop PostgreSQL in `immediate` mode; while it is down, SIGKILL a replica too; restart
+    /// after 2 s.
+    CrashPostgres { kill_replica: usize },
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KillReplica(index) => write!(f, "SIGKILL ingest replica {}", index + 1),
+            Self::CrashRabbit { kill_replica } => write!(
+                f,
+                "crash RabbitMQ, SIGKILL ingest replica {} while the broker is down, restart the broker",
+                kill_replica + 1
+            ),
+            Self::CrashPostgres { kill_replica } => write!(
+                f,
+                "crash PostgreSQL, SIGKILL ingest replica {} while the database is down, restart the database",
+                kill_replica + 1
+            ),
+        }
+    }
+}
+
 /// One `metrics-loadgen` stream: its options, passed on its command line and used here to
 /// compute what it sends.
 struct Stream {
@@ -254,35 +284,47 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
     let mut loadgens: Vec<Child> = streams.iter().map(|s| s.spawn(&rabbit.url())).collect();
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let at = |seconds: u64| publishing + Duration::from_secs(seconds);
-    let plan: [(Instant, &str); 8] = [
-        (at(3), "SIGKILL ingest replica 1"),
-        (at(6), "SIGKILL ingest replica 2"),
-        (at(9), "crash and restart RabbitMQ"),
-        (at(18), "SIGKILL ingest replica 1"),
-        (at(21), "crash and restart PostgreSQL"),
-        (at(25), "SIGKILL ingest replica 2"),
-        (at(28), "SIGKILL ingest replica 1"),
-        (at(31), "SIGKILL ingest replica 2"),
+    let plan = [
+        (at(3), Fault::KillReplica(0)),
+        (at(6), Fault::KillReplica(1)),
+        (at(9), Fault::CrashRabbit { kill_replica: 0 }),
+        (at(18), Fault::KillReplica(1)),
+        (at(21), Fault::CrashPostgres { kill_replica: 1 }),
+        (at(25), Fault::KillReplica(0)),
+        (at(28), Fault::KillReplica(1)),
+        (at(31), Fault::KillReplica(0)),
     ];
+    let mut kill = |replicas: &mut [Service; 2], index: usize| {
+        replicas[index].kill();
+        replicas[index] = Service::ingest_at(&target, &settings);
+        *faults.entry("SIGKILL of an ingest replica").or_default() += 1;
+    };
     for (when, fault) in plan {
         tokio::time::sleep_until(when.into()).await;
-        let at_second = publishing.elapsed().as_secs_f64();
+        println!(
+            "faults: {:5.1} s  {fault}",
+            publishing.elapsed().as_secs_f64()
+        );
         match fault {
-            "crash and restart RabbitMQ" => {
-                rabbit.crash_and_restart(Duration::from_secs(1)).await;
+            Fault::KillReplica(index) => kill(&mut replicas, index),
+            Fault::CrashRabbit { kill_replica } => {
+                rabbit.crash();
+                kill(&mut replicas, kill_replica);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                rabbit.start_again().await;
             }
-            "crash and restart PostgreSQL" => {
-                postgres.crash_and_restart(Duration::from_secs(2)).await;
-            }
-            replica => {
-                let index = usize::from(replica.ends_with('2'));
-                replicas[index].kill();
-                replicas[index] = Service::ingest_at(&target, &settings);
+            Fault::CrashPostgres { kill_replica } => {
+                postgres.crash();
+                // Long enough for the replicas to hold batches they cannot write.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                kill(&mut replicas, kill_replica);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                postgres.start_again();
             }
         }
-        println!("faults: {at_second:5.1} s  {fault}");
-        *faults.entry(fault).or_default() += 1;
     }
+    faults.insert("crash of RabbitMQ", 1);
+    faults.insert("crash of PostgreSQL", 1);
     for loadgen in &mut loadgens {
         let status = loadgen.wait().unwrap();
         let mut stderr = String::new();
@@ -367,7 +409,7 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
         expected.len(),
     );
     println!(
-        "faults: injected {} faults ({}), 2 ingest replicas",
+        "faults: injected {} faults ({}), 2 ingest replicas at all times but while one restarts",
         faults.values().sum::<u32>(),
         faults
             .iter()

@@ -153,10 +153,13 @@ impl PrivatePostgres {
     }
 
     /// Stops the server the hard way (`immediate`: every backend is killed, and the next start
-    /// runs crash recovery), waits `down_for`, and starts it again on the same port.
-    pub async fn crash_and_restart(&self, down_for: Duration) {
+    /// runs crash recovery).
+    pub fn crash(&self) {
         self.down("immediate");
-        tokio::time::sleep(down_for).await;
+    }
+
+    /// Starts the server again on the same port and data, after [`Self::crash`].
+    pub fn start_again(&self) {
         self.up();
     }
 
@@ -354,11 +357,14 @@ impl PrivateRabbit {
         let _ = fs::remove_file(self.pid_file());
     }
 
-    /// Kills the node (SIGKILL: no clean shutdown), waits `down_for`, and starts it again on the
-    /// same ports and data: durable queues and the messages confirmed into them must survive.
-    pub async fn crash_and_restart(&mut self, down_for: Duration) {
+    /// Kills the node (SIGKILL: no clean shutdown) and waits until its ports are free.
+    pub fn crash(&mut self) {
         self.kill_node();
-        tokio::time::sleep(down_for).await;
+    }
+
+    /// Starts the node again on the same ports and data, after [`Self::crash`]: durable queues
+    /// and the messages confirmed into them must survive.
+    pub async fn start_again(&mut self) {
         self.up().await;
     }
 
