@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,7 @@ impl PrivatePostgres {
                 .arg(&data),
             "initdb",
         );
-        server.up();
+        server.start_again();
         server
     }
 
@@ -123,7 +123,8 @@ impl PrivatePostgres {
         }
     }
 
-    fn up(&self) {
+    /// Starts the server (again, after [`Self::crash`]) on its port and data.
+    pub fn start_again(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
             self.port,
@@ -141,31 +142,17 @@ impl PrivatePostgres {
         );
     }
 
-    fn down(&self, mode: &str) {
+    /// Stops the server the hard way (`immediate`: every backend is killed, and the next start
+    /// runs crash recovery).
+    pub fn crash(&self) {
         run(
             self.command("pg_ctl")
                 .arg("-D")
                 .arg(self.data())
-                .args(["-m", mode, "-w", "stop"])
+                .args(["-m", "immediate", "-w", "stop"])
                 .stdout(Stdio::null()),
             "stopping the private PostgreSQL",
         );
-    }
-
-    /// Stops the server the hard way (`immediate`: every backend is killed, and the next start
-    /// runs crash recovery).
-    pub fn crash(&self) {
-        self.down("immediate");
-    }
-
-    /// Starts the server again on the same port and data, after [`Self::crash`].
-    pub fn start_again(&self) {
-        self.up();
-    }
-
-    /// The server's port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// A URL for `database` on this server.
@@ -276,11 +263,14 @@ impl PrivateRabbit {
             dir,
             child: None,
         };
-        node.up().await;
+        node.start_again().await;
         node
     }
 
-    async fn up(&mut self) {
+    /// Starts the node (again, after [`Self::crash`]) on its ports and data, and waits until
+    /// it accepts AMQP connections (at most 90 s): durable queues and the messages confirmed
+    /// into them must survive a crash.
+    pub async fn start_again(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -338,7 +328,8 @@ impl PrivateRabbit {
         self.dir.join("rabbitmq.pid")
     }
 
-    fn kill_node(&mut self) {
+    /// Kills the node (SIGKILL: no clean shutdown) and waits until its ports are free.
+    pub fn crash(&mut self) {
         if let Ok(pid) = fs::read_to_string(self.pid_file()) {
             let _ = Command::new("kill")
                 .args(["-KILL", pid.trim()])
@@ -357,31 +348,15 @@ impl PrivateRabbit {
         let _ = fs::remove_file(self.pid_file());
     }
 
-    /// Kills the node (SIGKILL: no clean shutdown) and waits until its ports are free.
-    pub fn crash(&mut self) {
-        self.kill_node();
-    }
-
-    /// Starts the node again on the same ports and data, after [`Self::crash`]: durable queues
-    /// and the messages confirmed into them must survive.
-    pub async fn start_again(&mut self) {
-        self.up().await;
-    }
-
     /// The AMQP URL of the node's default virtual host.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// The node's data folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
 impl Drop for PrivateRabbit {
     fn drop(&mut self) {
-        self.kill_node();
+        self.crash();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
