@@ -259,6 +259,9 @@ class Publisher:
                 self._spool_or_drop(leftover)
                 self._buffer.clear()
             done = self._idle()
+        if self._spool is not None and not self._thread.is_alive():
+            # Releases the slot: a later publisher on the same directory adopts what is left.
+            self._spool.close()
         if self.config.close_at_exit:
             atexit.unregister(self.close)
         return done
