@@ -12,6 +12,8 @@ from typing import Any
 from agno.agent import Agent
 from agno.db.sqlite import SqliteDb
 from agno.team import Team
+from agno.workflow import Workflow
+from agno.workflow.step import Step as WorkflowStep
 
 from agentos_metrics import Publisher, PublisherConfig, instrument
 from agentos_metrics.agno import MetricsHook
@@ -190,3 +192,52 @@ def test_member_runs_carry_their_parent_and_metrics_under_agno_names(
     assert sessions[0]["data"]["session_type"] == "team"
     # The run's time is its creation in Agno, so a backfill publishes the very same event.
     assert runs[output.run_id]["time"] == datetime.fromtimestamp(output.created_at, UTC).isoformat()
+
+
+def test_workflow_steps_publish_under_the_workflow_session(broker: Any, tmp_path: Path) -> None:
+    broker.declare_queue()
+    publisher = Publisher(
+        PublisherConfig(
+            url=broker.url,
+            exchange=broker.exchange,
+            spool_dir=tmp_path / "spool",
+            close_at_exit=False,
+        )
+    )
+    first = Agent(
+        id="drafter",
+        model=ScriptedModel(
+            id="m-a", provider="P", script=[Step("draft", input_tokens=5, output_tokens=1)]
+        ),
+    )
+    second = Agent(
+        id="reviewer",
+        model=ScriptedModel(
+            id="m-b", provider="P", script=[Step("review", input_tokens=7, output_tokens=2)]
+        ),
+    )
+    workflow = Workflow(
+        id="pipeline",
+        db=SqliteDb(db_file=str(tmp_path / "agno.db")),
+        steps=[WorkflowStep(name="draft", agent=first), WorkflowStep(name="review", agent=second)],
+    )
+    instrument(workflow, publisher=publisher, source="agno://workflow-test")
+    output = workflow.run("go", user_id="frank", session_id="session-w1")
+    assert publisher.flush(30)
+    publisher.close()
+
+    received = broker.drain()
+    sessions = [e["data"] for e in received if e["type"] == "agentos.session.created"]
+    runs = {
+        e["data"]["run_id"]: e["data"] for e in received if e["type"] == "agentos.run.completed"
+    }
+    steps = [run.run_id for run in output.step_executor_runs or []]
+    assert [(s["session_id"], s["session_type"], s["workflow_id"]) for s in sessions] == [
+        ("session-w1", "workflow", "pipeline")
+    ]
+    assert set(runs) == {output.run_id, *steps}
+    assert runs[output.run_id]["session_type"] == "workflow"
+    assert "model" not in runs[output.run_id]
+    assert [runs[step]["parent_run_id"] for step in steps] == [output.run_id] * 2
+    assert [runs[step]["model"] for step in steps] == ["m-a", "m-b"]
+    assert [runs[step]["metrics"]["total_tokens"] for step in steps] == [6, 9]

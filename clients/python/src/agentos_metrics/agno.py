@@ -2,7 +2,9 @@
 
 `instrument(target)` appends a `MetricsHook` to the `post_hooks` of an `Agent` or a `Team`, to
 those of every agent and team an `AgentOS` serves, and to the agents and teams in the steps of a
-`Workflow` (Agno 3.1 offers no post-hook on a workflow itself). Post-hooks are Agno's supported
+`Workflow` (Agno 3.1 offers no post-hook on a workflow itself: a step's hook publishes the step
+run under the workflow's session with the workflow run as parent, and the workflow run once, when
+its first step finishes). Post-hooks are Agno's supported
 extension point for work after a run: they receive the finished `RunOutput` / `TeamRunOutput` with
 its metrics, the session and the user.
 
@@ -166,9 +168,12 @@ class MetricsHook:
         user_id: str | None = None,
         agent: Any = None,
         team: Any = None,
+        run_context: Any = None,
     ) -> None:
         try:
-            self._publish_run(run_output, session, user_id, agent=agent, team=team)
+            self._publish_run(
+                run_output, session, user_id, agent=agent, team=team, run_context=run_context
+            )
         except Exception:
             # Metrics must never fail the application's run (and Agno would only log it).
             log.exception("agentos-metrics: could not publish a run")
@@ -180,7 +185,14 @@ class MetricsHook:
             _team_run.set(str(run_id))
 
     def _publish_run(
-        self, run: Any, session: Any, user_id: str | None, *, agent: Any, team: Any
+        self,
+        run: Any,
+        session: Any,
+        user_id: str | None,
+        *,
+        agent: Any,
+        team: Any,
+        run_context: Any,
     ) -> None:
         if team is not None:
             if _value(team, "parent_team_id") is not None:
@@ -191,10 +203,17 @@ class MetricsHook:
             if _team_run.get() is not None and _value(agent, "team_id") is not None:
                 return  # a member run: the team's hook publishes it with its parent
             session_type = "agent"
-        if _value(run, "workflow_id"):
-            session_type = "workflow"
         session_id = str(_value(run, "session_id") or _value(session, "session_id"))
         user = _value(run, "user_id") or user_id or _value(session, "user_id")
+        # A step of a workflow: Agno runs it in the workflow's session, with the workflow's run
+        # id in the run context (Agno 3.1 has no post-hook on the workflow run itself).
+        workflow_id = _value(run_context, "workflow_id") or _value(run, "workflow_id")
+        workflow_run_id = _value(run_context, "run_id") if workflow_id else None
+        parent: str | None = None
+        if workflow_id:
+            session_type = "workflow"
+            if workflow_run_id and str(workflow_run_id) != str(run.run_id):
+                parent = str(workflow_run_id)
         if self._first_time(session_id):
             self.publisher.publish(
                 session_created(
@@ -205,7 +224,21 @@ class MetricsHook:
                     user_id=user,
                     agent_id=_value(session, "agent_id") or _value(agent, "id"),
                     team_id=_value(session, "team_id") or _value(team, "id"),
-                    workflow_id=_value(session, "workflow_id") or _value(run, "workflow_id"),
+                    workflow_id=workflow_id or _value(session, "workflow_id"),
+                )
+            )
+        if parent is not None and self._first_time(f"run/{parent}"):
+            # The workflow run, once, when its first step finishes: it has no model and no
+            # tokens of its own (its steps carry them), and Agno stores and counts it as a run.
+            self.publisher.publish(
+                run_completed(
+                    source=self.source,
+                    run_id=parent,
+                    session_id=session_id,
+                    session_type="workflow",
+                    time=_value(run, "created_at"),
+                    user_id=user,
+                    extra={"workflow_id": workflow_id},
                 )
             )
         self.publisher.publish(
@@ -215,6 +248,7 @@ class MetricsHook:
                 session_id=session_id,
                 session_type=session_type,
                 user_id=user,
+                parent_run_id=parent,
                 finishing=True,
             )
         )

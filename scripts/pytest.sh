@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The Python client (clients/python, package agentos-metrics): lint, types and tests.
+#
+#   scripts/pytest.sh [pytest arguments]
+#
+# - Creates the virtualenv target/python-venv from clients/python/requirements-test.txt (every
+#   package pinned), and creates it again when that file or the Python interpreter changes;
+# - installs the package into it (pip install ./clients/python, no network for the build:
+#   the pinned build backend is already in the virtualenv);
+# - runs ruff check, ruff format --check, mypy (strict, on the package) and pytest.
+#
+# The tests use the real RabbitMQ and PostgreSQL (TEST_AMQP_URL, TEST_DATABASE_URL; run
+# scripts/services.sh first, or let scripts/test.sh do it), the metrics-ingest and metrics-query
+# binaries of target/debug (`cargo build --bins` first; METRICS_BIN_DIR points elsewhere) and
+# rabbitmq-server for a private node. PYTHON names the interpreter (default python3, 3.11+).
+# The pytest summary is kept in target/pytest-output.log for scripts/test.sh's total.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=target/python-venv
+REQUIREMENTS=clients/python/requirements-test.txt
+mkdir -p target
+
+say() { printf 'pytest.sh: %s\n' "$*" >&2; }
+
+want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.version)' | head -n 1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$want" ] ||
+  ! "$VENV/bin/python" -c 'import pip' >/dev/null 2>&1; then
+  say "creating $VENV from $REQUIREMENTS"
+  rm -rf "$VENV"
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    # Debian's python3 splits venv into its own package.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      rm -rf "$VENV"
+      "$PYTHON" -m venv "$VENV"
+    else
+      say "cannot create a virtualenv with $PYTHON (install python3-venv)"
+      exit 1
+    fi
+  fi
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  printf '%s\n' "$want" >"$VENV/.requirements"
+fi
+
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+  --no-build-isolation --force-reinstall ./clients/python
+
+# Caches and bytecode under target/, never in the source tree.
+export PYTHONPYCACHEPREFIX="$PWD/target/python-cache/pycache"
+export RUFF_CACHE_DIR="$PWD/target/python-cache/ruff"
+export MYPY_CACHE_DIR="$PWD/target/python-cache/mypy"
+
+status=0
+cd clients/python
+echo "== ruff check"
+../../"$VENV"/bin/ruff check . || status=1
+echo "== ruff format --check"
+../../"$VENV"/bin/ruff format --check . || status=1
+echo "== mypy --strict (package)"
+../../"$VENV"/bin/mypy || status=1
+echo "== pytest"
+../../"$VENV"/bin/python -m pytest -p no:cacheprovider "$@" 2>&1 | tee ../../target/pytest-output.log ||
+  status=1
+exit "$status"
