@@ -7,7 +7,8 @@
 #   package pinned), and creates it again when that file or the Python interpreter changes;
 # - installs the package into it (pip install ./clients/python, no network for the build:
 #   the pinned build backend is already in the virtualenv);
-# - runs ruff check, ruff format --check, mypy (strict, on the package) and pytest.
+# - runs ruff check, ruff format --check, mypy (strict, on the package) and pytest (not with
+#   LINT_ONLY=1, which .ci/run uses to fail early).
 #
 # The tests use the real RabbitMQ and PostgreSQL (TEST_AMQP_URL, TEST_DATABASE_URL; run
 # scripts/services.sh first, or let scripts/test.sh do it), the metrics-ingest and metrics-query
@@ -61,6 +62,9 @@ echo "== ruff format --check"
 ../../"$VENV"/bin/ruff format --check . || status=1
 echo "== mypy --strict (package)"
 ../../"$VENV"/bin/mypy || status=1
+if [ -n "${LINT_ONLY:-}" ]; then
+  exit "$status"
+fi
 echo "== pytest"
 ../../"$VENV"/bin/python -m pytest -p no:cacheprovider "$@" 2>&1 | tee ../../target/pytest-output.log ||
   status=1

@@ -183,8 +183,10 @@ class Publisher:
     # The caller's side: never blocks on the broker or the disk.
 
     def publish(self, event: Event) -> bool:
-        """Hands `event` to the background thread; returns False when the overflow policy dropped
-        it (or another event, with `drop_oldest`... then True) or the publisher is closed.
+        """Hands `event` to the background thread and returns at once: False when the event was
+        dropped (buffer full under `drop_newest`, or the publisher closed), True when it was taken
+        (under `drop_oldest` a full buffer then drops its oldest event instead). Every drop is
+        counted in `stats().dropped`.
         """
         message = SpooledMessage(str(event["type"]), encode(event))
         with self._cond:
