@@ -14,7 +14,12 @@
 #   project's rules: probes on the admin port, requests and limits, non-root read-only
 #   containers, grace periods longer than the drains, secrets referenced and never committed;
 # - deploy/rabbitmq/definitions.json: JSON, and the topology of events.md with the ingest
-#   defaults.
+#   defaults;
+# - deploy/monitoring: the alert rules checked and unit-tested with promtool (Debian package
+#   prometheus, installed as root when missing), the compose profile's Prometheus config, the
+#   Grafana dashboard's layout and queries (parsed by promtool), every series they name real;
+#   deploy/k8s/components/monitoring rendered onto the base: ServiceMonitors that select the
+#   Services' admin ports, a PrometheusRule equal to alerts.yaml.
 #
 # The Python tools are installed, pinned, into a virtualenv under target/validate-venv on the
 # first run (PyPI is the only network access). Exits non-zero when any check fails.
@@ -296,6 +301,154 @@ def rabbitmq(path):
             error(path, f"binding {binding[0]} -> {binding[1]} ({binding[2]!r}) is missing")
 
 
+TELEMETRY = ["crates/ingest/src/telemetry.rs", "crates/query/src/telemetry.rs"]
+# The rabbitmq_prometheus plugin's per-object queue series the monitoring files may read.
+RABBITMQ_SERIES = {
+    "rabbitmq_queue_messages",
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages_unacked",
+    "rabbitmq_queue_consumers",
+}
+
+
+def registered_series():
+    """Every series name the services expose, with the exposition's suffixes."""
+    import re
+    names = set()
+    for path in TELEMETRY:
+        with open(path) as file:
+            for name in re.findall(r'register\(\s*"([a-z0-9_]+)"', file.read()):
+                names |= {name, name + "_total", name + "_bucket", name + "_sum", name + "_count"}
+    return names
+
+
+def check_series(where, expr):
+    """Fails on a metric name that neither service nor the RabbitMQ plugin exposes."""
+    import re
+    known = registered_series() | RABBITMQ_SERIES | {"up"}
+    # Label values and matchers are not names: drop quoted strings and {...} first.
+    bare = re.sub(r'"[^"]*"', "", expr)
+    bare = re.sub(r"\{[^}]*\}", "", bare)
+    bare = re.sub(r"\[[^]]*\]", "", bare)
+    for name in set(re.findall(r"\b(metrics_[a-z0-9_]+|rabbitmq_[a-z0-9_]+)\b", bare)):
+        if name not in known:
+            error(where, f"{name} is no series of the services (crates/*/src/telemetry.rs) "
+                  "nor of the rabbitmq_prometheus per-object queue series")
+
+
+def alerts(path):
+    with open(path) as file:
+        document = yaml.safe_load(file)
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            where = f"{path}: {rule.get('alert') or rule.get('record')}"
+            check_series(where, rule["expr"])
+            if "alert" in rule:
+                if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                    error(where, "has no severity label (critical, warning or info)")
+                for key in ("summary", "description"):
+                    if not rule.get("annotations", {}).get(key):
+                        error(where, f"has no {key} annotation")
+
+
+# Grafana variables in the dashboard's queries, and what stands in for them when the queries
+# are parsed by promtool.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$queue": "metrics.ingest"}
+
+
+def grafana(path, rules_out):
+    """Checks the dashboard and writes its queries as recording rules for `promtool check rules`."""
+    with open(path) as file:
+        document = json.load(file)
+    for key in ("uid", "title", "panels", "schemaVersion"):
+        if key not in document:
+            error(path, f"has no `{key}`")
+    variables = {v["name"]: v for v in document.get("templating", {}).get("list", [])}
+    if variables.get("datasource", {}).get("query") != "prometheus":
+        error(path, "has no `datasource` variable of type prometheus")
+    ids, boxes, rules = set(), [], []
+    for panel in document.get("panels", []):
+        where = f"{path}: panel {panel.get('id')} {panel.get('title')!r}"
+        if panel.get("id") in ids:
+            error(where, "repeats a panel id")
+        ids.add(panel.get("id"))
+        box = panel.get("gridPos", {})
+        if not all(isinstance(box.get(k), int) for k in ("x", "y", "w", "h")):
+            error(where, "has no whole gridPos")
+            continue
+        if box["x"] < 0 or box["w"] < 1 or box["x"] + box["w"] > 24:
+            error(where, "is outside the 24 grid columns")
+        for other_where, other in boxes:
+            if (box["x"] < other["x"] + other["w"] and other["x"] < box["x"] + box["w"] and
+                    box["y"] < other["y"] + other["h"] and other["y"] < box["y"] + box["h"]):
+                error(where, f"overlaps {other_where}")
+        boxes.append((where, box))
+        if panel.get("type") == "row":
+            continue
+        if panel.get("datasource") != {"type": "prometheus", "uid": "${datasource}"}:
+            error(where, "does not read the ${datasource} variable")
+        targets = panel.get("targets", [])
+        if not targets:
+            error(where, "has no query")
+        for target in targets:
+            expr = target.get("expr", "")
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            if "$" in expr:
+                error(where, f"query uses an unknown variable: {target.get('expr')}")
+                continue
+            check_series(where, expr)
+            rules.append({"record": f"dashboard:panel_{panel.get('id')}_{target.get('refId')}",
+                          "expr": expr})
+    with open(rules_out, "w") as file:
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, file)
+
+
+def monitoring(alerts_path, paths):
+    """The Prometheus Operator objects: the rules equal alerts.yaml, the ServiceMonitors select
+    a Service that has their port."""
+    with open(alerts_path) as file:
+        groups = yaml.safe_load(file)["groups"]
+    objects = []
+    for path in paths:
+        with open(path) as file:
+            objects += [(path, o) for o in yaml.safe_load_all(file) if o]
+    services = [o for _, o in objects if o.get("kind") == "Service"]
+    kinds = {o.get("kind") for _, o in objects}
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        if kind not in kinds:
+            error(" ".join(paths), f"no {kind}")
+    monitored = set()
+    for path, o in objects:
+        where = f"{path}: {o.get('kind')}/{o.get('metadata', {}).get('name')}"
+        if o.get("kind") in ("ServiceMonitor", "PrometheusRule"):
+            if o.get("apiVersion") != "monitoring.coreos.com/v1":
+                error(where, "is not monitoring.coreos.com/v1")
+            labels = o.get("metadata", {}).get("labels", {})
+            if not any(key.startswith("app.kubernetes.io/") for key in labels):
+                error(where, "has no app.kubernetes.io/* labels")
+        if o.get("kind") == "PrometheusRule" and o.get("spec", {}).get("groups") != groups:
+            error(where, f"its groups differ from {alerts_path}: copy them again")
+        if o.get("kind") != "ServiceMonitor":
+            continue
+        selector = o.get("spec", {}).get("selector", {}).get("matchLabels", {})
+        matched = [s for s in services
+                   if selector and all(s["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())]
+        if not matched:
+            error(where, f"selects no Service ({selector})")
+        for endpoint in o.get("spec", {}).get("endpoints", []):
+            for service in matched:
+                ports = {p.get("name") for p in service["spec"].get("ports", [])}
+                if endpoint.get("port") not in ports:
+                    error(where, f"port {endpoint.get('port')} is no port of Service {service['metadata']['name']}")
+                if endpoint.get("port") != "admin" or endpoint.get("path", "/metrics") != "/metrics":
+                    error(where, "does not scrape /metrics on the admin port")
+        monitored |= {s["metadata"]["name"] for s in matched}
+    for name in ("metrics-ingest", "metrics-query"):
+        if services and name not in monitored:
+            error(" ".join(paths), f"no ServiceMonitor selects Service {name}")
+
+
 if __name__ == "__main__":
     what, paths = sys.argv[1], sys.argv[2:]
     if what == "compose":
@@ -304,6 +457,12 @@ if __name__ == "__main__":
         k8s(paths)
     elif what == "rabbitmq":
         rabbitmq(paths[0])
+    elif what == "alerts":
+        alerts(paths[0])
+    elif what == "grafana":
+        grafana(paths[0], paths[1])
+    elif what == "monitoring":
+        monitoring(paths[0], paths[1:])
     for line in errors:
         print(f"   {line}")
     sys.exit(1 if errors else 0)
@@ -425,6 +584,62 @@ rabbitmq_definitions() {
     rules rabbitmq deploy/rabbitmq/definitions.json
 }
 
+# --- Monitoring -------------------------------------------------------------------------------
+
+# promtool comes with Debian's `prometheus` package: installed as root when missing.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "== installing promtool (Debian package prometheus)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+        >/dev/null
+  fi
+  command -v promtool >/dev/null 2>&1 || {
+    say "   no promtool (Debian: apt-get install prometheus)"
+    return 1
+  }
+}
+
+alert_rules() {
+  ensure_promtool || return 1
+  promtool check rules deploy/monitoring/alerts.yaml &&
+    promtool test rules deploy/monitoring/alerts.test.yaml &&
+    promtool check config --syntax-only deploy/monitoring/prometheus.yml &&
+    rules alerts deploy/monitoring/alerts.yaml
+}
+
+grafana_dashboard() {
+  ensure_promtool || return 1
+  local file=deploy/monitoring/grafana/agentos-metrics.json
+  rules grafana "$file" "$WORK/dashboard-queries.yaml" || return 1
+  say "   $(grep -c 'record:' "$WORK/dashboard-queries.yaml") queries parsed by promtool:"
+  promtool check rules "$WORK/dashboard-queries.yaml" | sed 's/^/   /'
+  return "${PIPESTATUS[0]}"
+}
+
+# The component applied to the base, rendered like an overlay that opts in.
+k8s_monitoring_component() {
+  local dir=$WORK/with-monitoring
+  if [ -n "$KUSTOMIZE" ]; then
+    mkdir -p "$dir"
+    cat >"$dir/kustomization.yaml" <<'YAML'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../deploy/k8s/base
+components:
+  - ../../../deploy/k8s/components/monitoring
+YAML
+    say "   $KUSTOMIZE (base + components/monitoring) > $dir.yaml"
+    $KUSTOMIZE "$dir" >"$dir.yaml" || return 1
+    rules monitoring deploy/monitoring/alerts.yaml "$dir.yaml"
+  else
+    rules monitoring deploy/monitoring/alerts.yaml deploy/k8s/components/monitoring/*.yaml \
+      deploy/k8s/base/*-service.yaml
+  fi
+}
+
 # --- Run --------------------------------------------------------------------------------------
 
 setup_venv
@@ -451,6 +666,12 @@ done
 check "deploy/k8s/secret.example.yaml: Kubernetes schemas" kubernetes_validate \
   deploy/k8s/secret.example.yaml
 check "deploy/rabbitmq/definitions.json: JSON, the topology of events.md" rabbitmq_definitions
+check "deploy/monitoring: alert rules (promtool check and test), Prometheus config, series names" \
+  alert_rules
+check "deploy/monitoring/grafana: dashboard layout, data source, queries (promtool), series names" \
+  grafana_dashboard
+check "deploy/k8s/components/monitoring: ServiceMonitors select the Services, rules = alerts.yaml" \
+  k8s_monitoring_component
 
 if [ "${#failed[@]}" -gt 0 ]; then
   say "validate-deploy: ${#failed[@]} check(s) failed:"

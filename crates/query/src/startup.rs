@@ -192,6 +192,7 @@ impl Application {
                         .route(web::get().to(routes::openapi::get_openapi))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
+                .configure(routes::dashboard::configure)
                 .default_service(web::to(routes::not_found))
         })
         .disable_signals()

@@ -5,6 +5,7 @@ use actix_web::HttpResponse;
 
 use crate::error::ApiError;
 
+pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
 

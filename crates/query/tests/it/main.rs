@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod binary;
+mod dashboard;
 mod errors;
 mod metrics;
 mod openapi;
