@@ -11,6 +11,14 @@
 //! - `day_users`: each day's distinct user ids (`""` for events naming none, so that a day with
 //!   events always has a row).
 //!
+//! The same fold keeps the per-user rows (`user_daily_metrics`, `agentos-compat.md`): a run
+//! counts for the user of its winning event (`runs.user_id`), a session for its user (the user
+//! of its earliest `session.created`, else of its earliest run: `sessions.created_*` and
+//! `sessions.first_run_*`), and each day's user is active on that day. Every change to an
+//! all-users day is also made to exactly one user's day, so the per-user rows of a day always add
+//! up to the all-users row. A per-user row that ends up counting nothing for a user who is not
+//! active that day is deleted.
+//!
 //! A batch reads the stored state of the keys it names, folds its events over that state in
 //! memory (noting which changed anything), and writes back the changed records and the new day
 //! rows. All of it happens under a transaction-level advisory lock per metrics table: every
@@ -30,6 +38,7 @@ use metrics_events::{Event, EventKind, SessionType};
 use crate::error::ApplyError;
 use crate::models::{
     DailyMetrics, DayUser, ModelCount, RunRecord, SessionRecord, StoredSessionType,
+    UserDailyMetrics,
 };
 use crate::schema::{daily_metrics, runs, sessions};
 use crate::tables::TableId;
@@ -204,7 +213,102 @@ fn apply_in_transaction(
     write_runs(conn, &replaced_runs)?;
     write_sessions(conn, &moved_sessions)?;
     write_days(conn, &rows)?;
+    write_user_days(conn, table, &plan.user_days, now)?;
     Ok(ApplyReport { outcomes })
+}
+
+/// The stored per-user rows of a batch's (user, day) keys ($1 table id, $2 users, $3 days); see
+/// `LOAD_RUNS`.
+const LOAD_USER_DAYS: &str = "SELECT m.* FROM unnest($2::text[], $3::date[]) AS k (user_id, date) \
+     JOIN user_daily_metrics m ON m.table_id = $1 AND m.user_id = k.user_id AND m.date = k.date";
+
+/// Of a batch's days, those with events naming no user ($1 table id, $2 days).
+const NO_USER_DAYS: &str = "SELECT table_id, date, user_id FROM day_users \
+     WHERE table_id = $1 AND user_id = '' AND date = ANY($2)";
+
+/// Deletes per-user rows by key ($1 table id, $2 users, $3 days).
+const DELETE_USER_DAYS: &str = "DELETE FROM user_daily_metrics m \
+     USING unnest($2::text[], $3::date[]) AS k (user_id, date) \
+     WHERE m.table_id = $1 AND m.user_id = k.user_id AND m.date = k.date";
+
+/// Applies the per-user deltas: upserts the rows that changed and deletes those left counting
+/// nothing for a user who is not active on their day.
+fn write_user_days(
+    conn: &mut PgConnection,
+    table: TableId,
+    deltas: &BTreeMap<(String, NaiveDate), DayDelta>,
+    now: DateTime<Utc>,
+) -> Result<(), ApplyError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let (users, dates): (Vec<&str>, Vec<NaiveDate>) = deltas
+        .keys()
+        .map(|(user, date)| (user.as_str(), *date))
+        .unzip();
+    let mut stored: HashMap<(String, NaiveDate), DailyMetrics> = diesel::sql_query(LOAD_USER_DAYS)
+        .bind::<Integer, _>(table.0)
+        .bind::<Array<Text>, _>(&users)
+        .bind::<Array<Date>, _>(&dates)
+        .load::<UserDailyMetrics>(conn)?
+        .into_iter()
+        .map(|row| {
+            let (user, row) = row.into_parts();
+            ((user, row.date), row)
+        })
+        .collect();
+    let mut upserts = Vec::with_capacity(deltas.len());
+    // Rows that count nothing: kept only for the no-user rows of days with events naming no user.
+    let mut empty: Vec<(String, DailyMetrics, bool)> = Vec::new();
+    for ((user, date), delta) in deltas {
+        let previous = stored.remove(&(user.clone(), *date));
+        let was_stored = previous.is_some();
+        let Some(row) = delta.next_row(table, *date, previous, now)? else {
+            continue;
+        };
+        if row.counts_nothing() {
+            empty.push((user.clone(), row, was_stored));
+        } else {
+            upserts.push(UserDailyMetrics::from_parts(user.clone(), row));
+        }
+    }
+    let mut deletes: Vec<(&str, NaiveDate)> = Vec::new();
+    if !empty.is_empty() {
+        let no_user_days: Vec<NaiveDate> = empty
+            .iter()
+            .filter(|(user, _, _)| user.is_empty())
+            .map(|(_, row, _)| row.date)
+            .collect();
+        let active: HashSet<NaiveDate> = if no_user_days.is_empty() {
+            HashSet::new()
+        } else {
+            diesel::sql_query(NO_USER_DAYS)
+                .bind::<Integer, _>(table.0)
+                .bind::<Array<Date>, _>(&no_user_days)
+                .load::<DayUser>(conn)?
+                .into_iter()
+                .map(|day| day.date)
+                .collect()
+        };
+        for (user, row, was_stored) in &empty {
+            if user.is_empty() && active.contains(&row.date) {
+                upserts.push(UserDailyMetrics::from_parts(user.clone(), row.clone()));
+            } else if *was_stored {
+                deletes.push((user.as_str(), row.date));
+            }
+        }
+    }
+    for chunk in deletes.chunks(CHUNK_ROWS) {
+        let (users, dates): (Vec<&str>, Vec<NaiveDate>) = chunk.iter().copied().unzip();
+        diesel::sql_query(DELETE_USER_DAYS)
+            .bind::<Integer, _>(table.0)
+            .bind::<Array<Text>, _>(&users)
+            .bind::<Array<Date>, _>(&dates)
+            .execute(conn)?;
+    }
+    upserts.sort_unstable_by(|a, b| (&a.user_id, a.date).cmp(&(&b.user_id, b.date)));
+    write_user_rows(conn, &upserts)?;
+    Ok(())
 }
 
 /// The stored runs of a batch's run ids ($1 table id, $2 run ids). Joining the unnested keys
@@ -264,6 +368,7 @@ fn insert_new_runs(conn: &mut PgConnection, runs: &[&RunRecord]) -> QueryResult<
         .bind::<Array<BigInt>, _>(column(|r| r.cache_write_tokens))
         .bind::<Array<BigInt>, _>(column(|r| r.reasoning_tokens))
         .bind::<Array<Numeric>, _>(runs.iter().map(|r| &r.cost).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(runs.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
         .load::<InsertedKey>(conn)
         .map(|keys| keys.into_iter().map(|k| k.key).collect())
 }
@@ -294,6 +399,27 @@ fn insert_new_sessions(
         )
         .bind::<Array<Bool>, _>(sessions.iter().map(|s| s.type_from_run).collect::<Vec<_>>())
         .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.type_time).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            sessions.iter().map(|s| s.created_time).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            sessions
+                .iter()
+                .map(|s| s.created_user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            sessions
+                .iter()
+                .map(|s| s.first_run_time)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            sessions
+                .iter()
+                .map(|s| s.first_run_user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .load::<InsertedKey>(conn)
         .map(|keys| keys.into_iter().map(|k| k.key).collect())
 }
@@ -303,18 +429,20 @@ fn insert_new_sessions(
 const INSERT_RUNS: &str = "INSERT INTO runs (table_id, run_id, date, time, source, event_id, \
      session_id, session_type, model, model_provider, input_tokens, output_tokens, total_tokens, \
      audio_tokens, input_audio_tokens, output_audio_tokens, cached_tokens, cache_write_tokens, \
-     reasoning_tokens, cost) \
+     reasoning_tokens, cost, user_id) \
      SELECT $1, * FROM unnest($2::text[], $3::date[], $4::timestamptz[], $5::text[], $6::text[], \
      $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], \
      $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], \
-     $20::numeric[]) \
+     $20::numeric[], $21::text[]) \
      ON CONFLICT (table_id, run_id) DO NOTHING RETURNING run_id AS key";
 
 /// New sessions, one array per column; see `INSERT_RUNS`.
 const INSERT_SESSIONS: &str = "INSERT INTO sessions (table_id, session_id, date, first_time, \
-     session_type, type_from_run, type_time) \
+     session_type, type_from_run, type_time, created_time, created_user_id, first_run_time, \
+     first_run_user_id) \
      SELECT $1, * FROM unnest($2::text[], $3::date[], $4::timestamptz[], $5::text[], \
-     $6::bool[], $7::timestamptz[]) \
+     $6::bool[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::timestamptz[], \
+     $11::text[]) \
      ON CONFLICT (table_id, session_id) DO NOTHING RETURNING session_id AS key";
 
 /// A batch's distinct (day, user) pairs; returns those not seen before.
@@ -355,6 +483,7 @@ fn write_runs(conn: &mut PgConnection, records: &[&RunRecord]) -> QueryResult<()
                 runs::cache_write_tokens.eq(excluded(runs::cache_write_tokens)),
                 runs::reasoning_tokens.eq(excluded(runs::reasoning_tokens)),
                 runs::cost.eq(excluded(runs::cost)),
+                runs::user_id.eq(excluded(runs::user_id)),
             ))
             .execute(conn)?;
     }
@@ -373,6 +502,10 @@ fn write_sessions(conn: &mut PgConnection, records: &[&SessionRecord]) -> QueryR
                 sessions::session_type.eq(excluded(sessions::session_type)),
                 sessions::type_from_run.eq(excluded(sessions::type_from_run)),
                 sessions::type_time.eq(excluded(sessions::type_time)),
+                sessions::created_time.eq(excluded(sessions::created_time)),
+                sessions::created_user_id.eq(excluded(sessions::created_user_id)),
+                sessions::first_run_time.eq(excluded(sessions::first_run_time)),
+                sessions::first_run_user_id.eq(excluded(sessions::first_run_user_id)),
             ))
             .execute(conn)?;
     }
@@ -413,6 +546,43 @@ pub(crate) fn write_days(conn: &mut PgConnection, rows: &[DailyMetrics]) -> Quer
     Ok(())
 }
 
+/// Writes whole per-user rows; a stored row keeps its `id` and `created_at`.
+pub(crate) fn write_user_rows(
+    conn: &mut PgConnection,
+    rows: &[UserDailyMetrics],
+) -> QueryResult<()> {
+    use crate::schema::user_daily_metrics::dsl::*;
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        diesel::insert_into(user_daily_metrics)
+            .values(chunk)
+            .on_conflict((table_id, user_id, date))
+            .do_update()
+            .set((
+                agent_runs_count.eq(excluded(agent_runs_count)),
+                agent_sessions_count.eq(excluded(agent_sessions_count)),
+                team_runs_count.eq(excluded(team_runs_count)),
+                team_sessions_count.eq(excluded(team_sessions_count)),
+                workflow_runs_count.eq(excluded(workflow_runs_count)),
+                workflow_sessions_count.eq(excluded(workflow_sessions_count)),
+                users_count.eq(excluded(users_count)),
+                input_tokens.eq(excluded(input_tokens)),
+                output_tokens.eq(excluded(output_tokens)),
+                total_tokens.eq(excluded(total_tokens)),
+                audio_tokens.eq(excluded(audio_tokens)),
+                input_audio_tokens.eq(excluded(input_audio_tokens)),
+                output_audio_tokens.eq(excluded(output_audio_tokens)),
+                cached_tokens.eq(excluded(cached_tokens)),
+                cache_write_tokens.eq(excluded(cache_write_tokens)),
+                reasoning_tokens.eq(excluded(reasoning_tokens)),
+                cost.eq(excluded(cost)),
+                model_metrics.eq(excluded(model_metrics)),
+                updated_at.eq(excluded(updated_at)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
 /// The in-memory fold of a batch over the stored state of the keys it names.
 struct Plan {
     table: TableId,
@@ -420,6 +590,8 @@ struct Plan {
     sessions: HashMap<String, (SessionRecord, bool)>,
     new_users: HashSet<DayUser>,
     days: BTreeMap<NaiveDate, DayDelta>,
+    /// The same changes by (user, day).
+    user_days: BTreeMap<(String, NaiveDate), DayDelta>,
 }
 
 impl Plan {
@@ -441,6 +613,7 @@ impl Plan {
                 .collect(),
             new_users,
             days: BTreeMap::new(),
+            user_days: BTreeMap::new(),
         }
     }
 
@@ -472,16 +645,19 @@ impl Plan {
                 cache_write_tokens: run.usage.cache_write_tokens,
                 reasoning_tokens: run.usage.reasoning_tokens,
                 cost: run.usage.cost.clone(),
+                user_id: event.user_id().unwrap_or_default().to_owned(),
             };
             counted |= self.observe_run(candidate);
         }
         counted |= self.observe_session(event);
         let user = day_user(self.table, event);
         if self.new_users.remove(&user) {
-            let delta = self.days.entry(user.date).or_default();
-            if !user.user_id.is_empty() {
-                delta.users += 1;
-            }
+            let active = i64::from(!user.user_id.is_empty());
+            self.days.entry(user.date).or_default().users += active;
+            self.user_days
+                .entry((user.user_id, user.date))
+                .or_default()
+                .users += active;
             counted = true;
         }
         if counted {
@@ -512,25 +688,16 @@ impl Plan {
     }
 
     fn add_run(&mut self, run: &RunRecord, sign: i64) {
-        let delta = self.days.entry(run.date).or_default();
-        delta.runs[type_index(run.session_type.0)] += sign;
-        for (sum, count) in delta.tokens.iter_mut().zip(run.tokens()) {
-            *sum += i128::from(sign) * i128::from(count);
-        }
-        if sign > 0 {
-            delta.cost += &run.cost;
-        } else {
-            delta.cost -= &run.cost;
-        }
-        if let Some(model) = &run.model {
-            let provider = run.model_provider.clone().unwrap_or_default();
-            *delta.models.entry((model.clone(), provider)).or_default() += sign;
-        }
+        self.days.entry(run.date).or_default().add_run(run, sign);
+        self.user_days
+            .entry((run.user_id.clone(), run.date))
+            .or_default()
+            .add_run(run, sign);
     }
 
     fn observe_session(&mut self, event: &Event) -> bool {
         let type_from_run = matches!(event.kind, EventKind::RunCompleted(_));
-        let observed = SessionRecord {
+        let mut observed = SessionRecord {
             table_id: self.table.0,
             session_id: event.session_id().to_owned(),
             date: event.date(),
@@ -538,7 +705,19 @@ impl Plan {
             session_type: StoredSessionType(event.session_type()),
             type_from_run,
             type_time: event.time,
+            created_time: None,
+            created_user_id: None,
+            first_run_time: None,
+            first_run_user_id: None,
         };
+        let user = Some(event.user_id().unwrap_or_default().to_owned());
+        if type_from_run {
+            observed.first_run_time = Some(event.time);
+            observed.first_run_user_id = user;
+        } else {
+            observed.created_time = Some(event.time);
+            observed.created_user_id = user;
+        }
         match self.sessions.get_mut(event.session_id()) {
             None => {
                 self.add_session(&observed, 1);
@@ -554,7 +733,9 @@ impl Plan {
                 let previous = std::mem::replace(stored, merged);
                 *dirty = true;
                 let current = stored.clone();
-                if (previous.date, previous.session_type) != (current.date, current.session_type) {
+                let counted_as =
+                    |s: &SessionRecord| (s.date, s.session_type, s.user_id().to_owned());
+                if counted_as(&previous) != counted_as(&current) {
                     self.add_session(&previous, -1);
                     self.add_session(&current, 1);
                 }
@@ -564,8 +745,12 @@ impl Plan {
     }
 
     fn add_session(&mut self, session: &SessionRecord, sign: i64) {
-        self.days.entry(session.date).or_default().sessions[type_index(session.session_type.0)] +=
-            sign;
+        let index = type_index(session.session_type.0);
+        self.days.entry(session.date).or_default().sessions[index] += sign;
+        self.user_days
+            .entry((session.user_id().to_owned(), session.date))
+            .or_default()
+            .sessions[index] += sign;
     }
 
     fn changed_runs(&self) -> Vec<&RunRecord> {
@@ -591,8 +776,9 @@ impl Plan {
     }
 }
 
-/// The state of a session after also seeing `observed`: the earliest time overall, and the type
-/// of the earliest `session.created` (else of the earliest run), ties to the lower type.
+/// The state of a session after also seeing `observed`: the earliest time overall, the type of
+/// the earliest `session.created` (else of the earliest run), ties to the lower type, and the
+/// earliest `session.created` and run with their users, ties to the lower user id.
 fn merge_session(stored: &SessionRecord, observed: &SessionRecord) -> SessionRecord {
     let first_time = stored.first_time.min(observed.first_time);
     let type_key = |s: &SessionRecord| (s.type_from_run, s.type_time, s.session_type.0);
@@ -609,6 +795,49 @@ fn merge_session(stored: &SessionRecord, observed: &SessionRecord) -> SessionRec
         session_type: typed_by.session_type,
         type_from_run: typed_by.type_from_run,
         type_time: typed_by.type_time,
+        created_time: None,
+        created_user_id: None,
+        first_run_time: None,
+        first_run_user_id: None,
+    }
+    .with_users(
+        earliest(
+            (&stored.created_time, &stored.created_user_id),
+            (&observed.created_time, &observed.created_user_id),
+        ),
+        earliest(
+            (&stored.first_run_time, &stored.first_run_user_id),
+            (&observed.first_run_time, &observed.first_run_user_id),
+        ),
+    )
+}
+
+/// A time and the user seen at it, when any.
+type Sighting = (Option<DateTime<Utc>>, Option<String>);
+
+/// The earlier of two sightings (`None` is no sighting), ties to the lower user id.
+fn earliest(
+    a: (&Option<DateTime<Utc>>, &Option<String>),
+    b: (&Option<DateTime<Utc>>, &Option<String>),
+) -> Sighting {
+    let key = |(time, user): (&Option<DateTime<Utc>>, &Option<String>)| {
+        time.map(|time| (time, user.clone().unwrap_or_default()))
+    };
+    match (key(a), key(b)) {
+        (Some(a), Some(b)) => {
+            let (time, user) = a.min(b);
+            (Some(time), Some(user))
+        }
+        (Some((time, user)), None) | (None, Some((time, user))) => (Some(time), Some(user)),
+        (None, None) => (None, None),
+    }
+}
+
+impl SessionRecord {
+    fn with_users(mut self, created: Sighting, first_run: Sighting) -> Self {
+        (self.created_time, self.created_user_id) = created;
+        (self.first_run_time, self.first_run_user_id) = first_run;
+        self
     }
 }
 
@@ -632,6 +861,22 @@ struct DayDelta {
 }
 
 impl DayDelta {
+    fn add_run(&mut self, run: &RunRecord, sign: i64) {
+        self.runs[type_index(run.session_type.0)] += sign;
+        for (sum, count) in self.tokens.iter_mut().zip(run.tokens()) {
+            *sum += i128::from(sign) * i128::from(count);
+        }
+        if sign > 0 {
+            self.cost += &run.cost;
+        } else {
+            self.cost -= &run.cost;
+        }
+        if let Some(model) = &run.model {
+            let provider = run.model_provider.clone().unwrap_or_default();
+            *self.models.entry((model.clone(), provider)).or_default() += sign;
+        }
+    }
+
     /// The day's row after this delta, or `None` when a stored row does not change.
     fn next_row(
         &self,

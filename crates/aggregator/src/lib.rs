@@ -6,9 +6,12 @@
 //! - [`register_table`] and [`TableName`] name the metrics table a deployment writes.
 //! - [`apply`] rolls a batch of events into the rows in one transaction; the rows depend only on
 //!   the set of distinct events, never on their order, timing or repetition.
-//! - [`read`] returns a table's rows for a date range, with the table-wide latest change.
+//! - [`read`] returns a table's rows for a date range, with the table-wide latest change;
+//!   [`read_user`] one user's rows.
 //! - [`rebuild`] recomputes a date range from the stored per-run, per-session and per-user-day
 //!   records, keeping each day's row id.
+//! - [`start_refresh`], [`finish_refresh`] and [`refresh_status`] run an exact recount of a
+//!   whole table on demand and keep its state in the database.
 //!
 //! All functions take a synchronous diesel [`PgConnection`](diesel::PgConnection): services call
 //! them inside `spawn_blocking`. Synchronous diesel keeps every transaction a plain scope that
@@ -22,6 +25,7 @@ mod models;
 mod pool;
 mod read;
 mod rebuild;
+mod refresh;
 pub mod schema;
 mod tables;
 
@@ -29,7 +33,11 @@ pub use apply::{ApplyReport, EventOutcome, apply};
 pub use error::{ApplyError, MigrateError, PoolError};
 pub use migrate::{migrate, revert_all};
 pub use models::{DailyMetrics, ModelCount};
-pub use pool::{Pool, PooledConnection, connect};
-pub use read::{DateRange, MetricsPage, latest_change, read};
+pub use pool::{Pool, PooledConnection, connect, connect_one};
+pub use read::{DateRange, MetricsPage, latest_change, read, read_user};
 pub use rebuild::{RebuildReport, rebuild};
+pub use refresh::{
+    REFRESH_LOCK_CLASS, RefreshState, RefreshStatus, WORKER_GONE, finish_refresh, refresh_status,
+    start_refresh,
+};
 pub use tables::{InvalidTableName, TableId, TableName, register_table};

@@ -12,7 +12,7 @@ use metrics_events::SessionType;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::schema::{daily_metrics, day_users, runs, sessions};
+use crate::schema::{daily_metrics, day_users, runs, sessions, user_daily_metrics};
 
 /// One day of one metrics table: a row of `GET /metrics`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -95,6 +95,16 @@ impl DailyMetrics {
             created_at: now,
             updated_at: now,
         }
+    }
+
+    /// Whether the row counts nothing at all (no run, session, user, token, cost or model).
+    pub(crate) fn counts_nothing(&self) -> bool {
+        self.runs_counts() == [0; 3]
+            && self.sessions_counts() == [0; 3]
+            && self.users_count == 0
+            && self.tokens() == [0; 9]
+            && self.cost == 0
+            && self.model_metrics.as_array().is_none_or(Vec::is_empty)
     }
 
     /// The runs counts by session type, in [`SessionType::ALL`] order.
@@ -223,6 +233,8 @@ pub(crate) struct RunRecord {
     pub cache_write_tokens: i64,
     pub reasoning_tokens: i64,
     pub cost: BigDecimal,
+    /// The winning event's user, `""` when it names none.
+    pub user_id: String,
 }
 
 impl RunRecord {
@@ -258,6 +270,23 @@ pub(crate) struct SessionRecord {
     pub session_type: StoredSessionType,
     pub type_from_run: bool,
     pub type_time: DateTime<Utc>,
+    pub created_time: Option<DateTime<Utc>>,
+    pub created_user_id: Option<String>,
+    pub first_run_time: Option<DateTime<Utc>>,
+    pub first_run_user_id: Option<String>,
+}
+
+impl SessionRecord {
+    /// The session's user (`events.md` as extended by `agentos-compat.md`): the user of its
+    /// earliest `session.created`, else (none seen, or it names no user) of its earliest run,
+    /// else `""`.
+    pub fn user_id(&self) -> &str {
+        match (&self.created_user_id, &self.first_run_user_id) {
+            (Some(created), _) if !created.is_empty() => created,
+            (_, Some(run)) => run,
+            _ => "",
+        }
+    }
 }
 
 /// A user (or, with `""`, an event without one) seen on a day.
@@ -269,4 +298,99 @@ pub(crate) struct DayUser {
     pub table_id: i32,
     pub date: NaiveDate,
     pub user_id: String,
+}
+
+/// One user's day of one metrics table: a row of `GET /metrics?user_id=`, with the columns of
+/// [`DailyMetrics`] and the user.
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
+#[diesel(table_name = user_daily_metrics, check_for_backend(Pg))]
+pub(crate) struct UserDailyMetrics {
+    pub table_id: i32,
+    pub user_id: String,
+    pub date: NaiveDate,
+    pub id: Uuid,
+    pub agent_runs_count: i64,
+    pub agent_sessions_count: i64,
+    pub team_runs_count: i64,
+    pub team_sessions_count: i64,
+    pub workflow_runs_count: i64,
+    pub workflow_sessions_count: i64,
+    pub users_count: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub total_tokens: i64,
+    pub audio_tokens: i64,
+    pub input_audio_tokens: i64,
+    pub output_audio_tokens: i64,
+    pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: BigDecimal,
+    pub model_metrics: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserDailyMetrics {
+    /// The user and the row in the shape every reader renders.
+    pub fn into_parts(self) -> (String, DailyMetrics) {
+        (
+            self.user_id,
+            DailyMetrics {
+                table_id: self.table_id,
+                date: self.date,
+                id: self.id,
+                agent_runs_count: self.agent_runs_count,
+                agent_sessions_count: self.agent_sessions_count,
+                team_runs_count: self.team_runs_count,
+                team_sessions_count: self.team_sessions_count,
+                workflow_runs_count: self.workflow_runs_count,
+                workflow_sessions_count: self.workflow_sessions_count,
+                users_count: self.users_count,
+                input_tokens: self.input_tokens,
+                output_tokens: self.output_tokens,
+                total_tokens: self.total_tokens,
+                audio_tokens: self.audio_tokens,
+                input_audio_tokens: self.input_audio_tokens,
+                output_audio_tokens: self.output_audio_tokens,
+                cached_tokens: self.cached_tokens,
+                cache_write_tokens: self.cache_write_tokens,
+                reasoning_tokens: self.reasoning_tokens,
+                cost: self.cost,
+                model_metrics: self.model_metrics,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+            },
+        )
+    }
+
+    /// `row` as the row of `user_id`.
+    pub fn from_parts(user_id: String, row: DailyMetrics) -> Self {
+        Self {
+            table_id: row.table_id,
+            user_id,
+            date: row.date,
+            id: row.id,
+            agent_runs_count: row.agent_runs_count,
+            agent_sessions_count: row.agent_sessions_count,
+            team_runs_count: row.team_runs_count,
+            team_sessions_count: row.team_sessions_count,
+            workflow_runs_count: row.workflow_runs_count,
+            workflow_sessions_count: row.workflow_sessions_count,
+            users_count: row.users_count,
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+            total_tokens: row.total_tokens,
+            audio_tokens: row.audio_tokens,
+            input_audio_tokens: row.input_audio_tokens,
+            output_audio_tokens: row.output_audio_tokens,
+            cached_tokens: row.cached_tokens,
+            cache_write_tokens: row.cache_write_tokens,
+            reasoning_tokens: row.reasoning_tokens,
+            cost: row.cost,
+            model_metrics: row.model_metrics,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
 }

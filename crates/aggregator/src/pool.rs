@@ -34,3 +34,15 @@ pub fn connect(url: &str, max_size: u32, connect_timeout: Duration) -> Result<Po
         .test_on_check_out(true)
         .build_unchecked(ConnectionManager::<PgConnection>::new(url)))
 }
+
+/// Opens one connection to `url` outside any pool, for work that holds a session-level lock for
+/// its whole length (a refresh): the lock must end with the work's connection, never stay with
+/// one a pool hands out again.
+///
+/// # Errors
+///
+/// The connection error.
+pub fn connect_one(url: &str) -> diesel::ConnectionResult<PgConnection> {
+    use diesel::Connection;
+    PgConnection::establish(url)
+}

@@ -1,12 +1,12 @@
-//! Reading a metrics table's rows for `GET /metrics`.
+//! Reading a metrics table's rows for `GET /metrics`: all users' rows, or one user's.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::dsl::max;
 use diesel::prelude::*;
 use metrics_events::{MAX_DATE, MIN_DATE};
 
-use crate::models::DailyMetrics;
-use crate::schema::{daily_metrics, metrics_tables};
+use crate::models::{DailyMetrics, UserDailyMetrics};
+use crate::schema::{daily_metrics, metrics_tables, user_daily_metrics};
 
 /// An inclusive range of UTC days; an absent bound is open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,18 +53,60 @@ pub fn read(conn: &mut PgConnection, table: &str, range: DateRange) -> QueryResu
     Ok(MetricsPage { rows, updated_at })
 }
 
-/// The latest `updated_at` of any row of metrics table `table`, in one index probe; `None` when
-/// the table has no rows. Stamps of a table increase strictly with every committed change (see
-/// [`apply`](crate::apply)), so an unchanged stamp means unchanged rows.
+/// Reads the rows of user `user_id` (`""`: the events that name no user) in metrics table
+/// `table` within `range`: one index range scan, plus the table's latest change as [`read`]
+/// reports it.
 ///
 /// # Errors
 ///
-/// The database error when the query fails.
+/// The database error when a query fails.
+pub fn read_user(
+    conn: &mut PgConnection,
+    table: &str,
+    user_id: &str,
+    range: DateRange,
+) -> QueryResult<MetricsPage> {
+    let updated_at = latest_change(conn, table)?;
+    if updated_at.is_none() {
+        return Ok(MetricsPage::default());
+    }
+    let rows = user_daily_metrics::table
+        .filter(user_daily_metrics::table_id.eq_any(table_ids(table)))
+        .filter(user_daily_metrics::user_id.eq(user_id))
+        .filter(user_daily_metrics::date.between(
+            range.start.unwrap_or(MIN_DATE),
+            range.end.unwrap_or(MAX_DATE),
+        ))
+        .select(UserDailyMetrics::as_select())
+        .order(user_daily_metrics::date.asc())
+        .load(conn)?
+        .into_iter()
+        .map(|row| row.into_parts().1)
+        .collect();
+    Ok(MetricsPage { rows, updated_at })
+}
+
+/// The latest `updated_at` of any row of metrics table `table`, all-users or per-user, in two
+/// index probes; `None` when the table has no rows. Stamps of a table increase strictly with
+/// every committed change (see [`apply`](crate::apply)), so an unchanged stamp means unchanged
+/// rows. (A per-user row can change alone, when a late event hands a session to another user.)
+///
+/// # Errors
+///
+/// The database error when a query fails.
 pub fn latest_change(conn: &mut PgConnection, table: &str) -> QueryResult<Option<DateTime<Utc>>> {
-    daily_metrics::table
+    let all_users: Option<DateTime<Utc>> = daily_metrics::table
         .filter(daily_metrics::table_id.eq_any(table_ids(table)))
         .select(max(daily_metrics::updated_at))
-        .get_result(conn)
+        .get_result(conn)?;
+    if all_users.is_none() {
+        return Ok(None);
+    }
+    let per_user: Option<DateTime<Utc>> = user_daily_metrics::table
+        .filter(user_daily_metrics::table_id.eq_any(table_ids(table)))
+        .select(max(user_daily_metrics::updated_at))
+        .get_result(conn)?;
+    Ok(all_users.max(per_user))
 }
 
 fn table_ids(

@@ -37,6 +37,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    metrics_refreshes (table_id) {
+        table_id -> Int4,
+        status -> Text,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     metrics_tables (id) {
         id -> Int4,
         name -> Text,
@@ -66,6 +76,7 @@ diesel::table! {
         cache_write_tokens -> Int8,
         reasoning_tokens -> Int8,
         cost -> Numeric,
+        user_id -> Text,
     }
 }
 
@@ -78,18 +89,55 @@ diesel::table! {
         session_type -> Text,
         type_from_run -> Bool,
         type_time -> Timestamptz,
+        created_time -> Nullable<Timestamptz>,
+        created_user_id -> Nullable<Text>,
+        first_run_time -> Nullable<Timestamptz>,
+        first_run_user_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    user_daily_metrics (table_id, user_id, date) {
+        table_id -> Int4,
+        user_id -> Text,
+        date -> Date,
+        id -> Uuid,
+        agent_runs_count -> Int8,
+        agent_sessions_count -> Int8,
+        team_runs_count -> Int8,
+        team_sessions_count -> Int8,
+        workflow_runs_count -> Int8,
+        workflow_sessions_count -> Int8,
+        users_count -> Int8,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        total_tokens -> Int8,
+        audio_tokens -> Int8,
+        input_audio_tokens -> Int8,
+        output_audio_tokens -> Int8,
+        cached_tokens -> Int8,
+        cache_write_tokens -> Int8,
+        reasoning_tokens -> Int8,
+        cost -> Numeric,
+        model_metrics -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
 diesel::joinable!(daily_metrics -> metrics_tables (table_id));
 diesel::joinable!(day_users -> metrics_tables (table_id));
+diesel::joinable!(metrics_refreshes -> metrics_tables (table_id));
 diesel::joinable!(runs -> metrics_tables (table_id));
 diesel::joinable!(sessions -> metrics_tables (table_id));
+diesel::joinable!(user_daily_metrics -> metrics_tables (table_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     daily_metrics,
     day_users,
+    metrics_refreshes,
     metrics_tables,
     runs,
     sessions,
+    user_daily_metrics,
 );

@@ -27,7 +27,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use metrics_aggregator::{Pool, TableName};
 use tokio::sync::oneshot;
 
-/// What a cached body answers: a database (by position), a table and a range.
+/// What a cached body answers: a database (by position), a table, a range and a user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageKey {
     /// The database's position in the configuration.
@@ -38,6 +38,8 @@ pub struct PageKey {
     pub start: Option<NaiveDate>,
     /// The last day, inclusive.
     pub end: Option<NaiveDate>,
+    /// The user whose rows (`""`: the events without a user); `None`: all users'.
+    pub user: Option<String>,
 }
 
 #[derive(Debug)]
@@ -199,6 +201,13 @@ impl PageCache {
         }
     }
 
+    /// Drops every entry of `table` in database `database`: a refresh may have deleted rows,
+    /// which moves no stamp.
+    pub fn invalidate(&self, database: usize, table: &TableName) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|key, _| key.database != database || key.table != *table);
+    }
+
     /// Stores `body` for `key`, rendered from rows as of `stamp`.
     pub fn put(&self, key: PageKey, stamp: DateTime<Utc>, body: Bytes) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -233,7 +242,43 @@ mod tests {
             table: TableName::default(),
             start: NaiveDate::from_ymd_opt(2025, 1, day),
             end: None,
+            user: None,
         }
+    }
+
+    #[test]
+    fn users_have_entries_of_their_own_and_invalidation_drops_the_tables() {
+        let cache = PageCache::new(4, Duration::from_secs(60));
+        let stamp = DateTime::<Utc>::UNIX_EPOCH;
+        let user = |name: &str| PageKey {
+            user: Some(name.to_owned()),
+            ..key(1)
+        };
+        cache.put(key(1), stamp, Bytes::from_static(b"all"));
+        cache.put(user("u1"), stamp, Bytes::from_static(b"u1"));
+        cache.put(user(""), stamp, Bytes::from_static(b"none"));
+        assert_eq!(cache.get(&key(1), stamp), Some(Bytes::from_static(b"all")));
+        assert_eq!(
+            cache.get(&user("u1"), stamp),
+            Some(Bytes::from_static(b"u1"))
+        );
+        assert_eq!(
+            cache.get(&user(""), stamp),
+            Some(Bytes::from_static(b"none"))
+        );
+        assert_eq!(cache.get(&user("u2"), stamp), None);
+        let other_table = PageKey {
+            table: "other".parse().unwrap(),
+            ..key(1)
+        };
+        cache.put(other_table.clone(), stamp, Bytes::from_static(b"other"));
+        cache.invalidate(0, &TableName::default());
+        assert_eq!(cache.get(&key(1), stamp), None);
+        assert_eq!(cache.get(&user("u1"), stamp), None);
+        assert_eq!(
+            cache.get(&other_table, stamp),
+            Some(Bytes::from_static(b"other"))
+        );
     }
 
     #[test]

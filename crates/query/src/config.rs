@@ -1,10 +1,10 @@
 //! Settings: the embedded `config/default.toml`, an optional `--config` file, then the
-//! environment (`METRICS_` + key path with `__`, and `OS_SECURITY_KEY`), validated into one typed
-//! tree. Only this module reads the environment; tests build [`Settings`] in code.
+//! environment (`METRICS_` + key path with `__`, and AgentOS's `OS_SECURITY_KEY`,
+//! `JWT_VERIFICATION_KEY` and `JWT_JWKS_FILE`), validated into one typed tree. Only this module reads the environment; tests build [`Settings`] in code.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
@@ -17,6 +17,12 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// The environment variable AgentOS reads its security key from.
 pub const OS_SECURITY_KEY: &str = "OS_SECURITY_KEY";
+
+/// The environment variables AgentOS reads its JWT keys from, and the keys they set.
+pub const JWT_VARIABLES: [(&str, &str); 2] = [
+    ("JWT_VERIFICATION_KEY", "AUTH__JWT__VERIFICATION_KEY"),
+    ("JWT_JWKS_FILE", "AUTH__JWT__JWKS_FILE"),
+];
 
 /// The validated settings of the service.
 #[derive(Debug, Clone)]
@@ -69,8 +75,29 @@ pub struct AdminSettings {
 /// Authentication of API requests.
 #[derive(Debug, Clone, Default)]
 pub struct AuthSettings {
-    /// The bearer key; `None` leaves the API open.
+    /// The bearer key; `None` leaves the API open (unless JWTs are configured).
     pub security_key: Option<SecretString>,
+    /// JWT verification; `None` when no verification key or JWKS file is set.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// JWT verification ([`crate::jwt`]).
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// A PEM public key, or the shared secret of an HS algorithm.
+    pub verification_key: Option<SecretString>,
+    /// A JWKS file; the token's `kid` picks its key.
+    pub jwks_file: Option<PathBuf>,
+    /// The one algorithm tokens must use (`RS256`, `HS256`, `ES256`, `EdDSA`, ...).
+    pub algorithm: String,
+    /// The audience tokens must name in `aud`; `None`: not checked.
+    pub audience: Option<String>,
+    /// The claim holding the scopes.
+    pub scopes_claim: String,
+    /// The claim holding the user id.
+    pub user_claim: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
 }
 
 /// One database the service reads.
@@ -142,6 +169,18 @@ struct RawAdmin {
 #[derive(Debug, Deserialize)]
 struct RawAuth {
     security_key: SecretString,
+    jwt: RawJwt,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawJwt {
+    verification_key: SecretString,
+    jwks_file: String,
+    algorithm: String,
+    audience: String,
+    scopes_claim: String,
+    user_claim: String,
+    leeway_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +232,10 @@ impl Settings {
             .get(OS_SECURITY_KEY)
             .map(|key| ("AUTH__SECURITY_KEY".to_owned(), key.clone()))
             .into_iter()
+            .chain(JWT_VARIABLES.iter().filter_map(|(variable, key)| {
+                env.get(*variable)
+                    .map(|value| ((*key).to_owned(), value.clone()))
+            }))
             .collect();
         let metrics_env: HashMap<String, String> = env
             .into_iter()
@@ -263,6 +306,7 @@ impl Settings {
             }
         };
         let key = raw.auth.security_key;
+        let jwt = jwt_settings(raw.auth.jwt)?;
         Ok(Self {
             http: HttpSettings {
                 listen: address("http.listen", &raw.http.listen)?,
@@ -275,6 +319,7 @@ impl Settings {
             },
             auth: AuthSettings {
                 security_key: (!key.expose_secret().is_empty()).then_some(key),
+                jwt,
             },
             databases,
             pool_size: raw.database.pool_size,
@@ -288,6 +333,36 @@ impl Settings {
             },
         })
     }
+}
+
+/// JWT verification is on when a verification key or a JWKS file is set; the keys are loaded
+/// once here so that a bad one fails at start, naming its key.
+fn jwt_settings(raw: RawJwt) -> Result<Option<JwtSettings>, ConfigError> {
+    let verification_key =
+        (!raw.verification_key.expose_secret().is_empty()).then_some(raw.verification_key);
+    let jwks_file = (!raw.jwks_file.is_empty()).then(|| PathBuf::from(raw.jwks_file));
+    if verification_key.is_none() && jwks_file.is_none() {
+        return Ok(None);
+    }
+    for (key, value) in [
+        ("auth.jwt.scopes_claim", &raw.scopes_claim),
+        ("auth.jwt.user_claim", &raw.user_claim),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(key, "must not be empty"));
+        }
+    }
+    let settings = JwtSettings {
+        verification_key,
+        jwks_file,
+        algorithm: raw.algorithm,
+        audience: (!raw.audience.is_empty()).then_some(raw.audience),
+        scopes_claim: raw.scopes_claim,
+        user_claim: raw.user_claim,
+        leeway: Duration::from_secs(raw.leeway_ms.div_ceil(1000)),
+    };
+    crate::jwt::JwtVerifier::new(&settings).map_err(|err| invalid(err.key, err.reason))?;
+    Ok(Some(settings))
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -399,6 +474,48 @@ mod tests {
             Some("k2".to_owned())
         );
         assert_eq!(key(&[("OS_SECURITY_KEY", "")]), None);
+    }
+
+    #[test]
+    fn agentos_jwt_variables_turn_jwt_verification_on() {
+        let settings = Settings::load_from(None, HashMap::new()).unwrap();
+        assert!(settings.auth.jwt.is_none());
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("JWT_VERIFICATION_KEY", "a shared secret"),
+                ("METRICS_AUTH__JWT__ALGORITHM", "HS512"),
+                ("METRICS_AUTH__JWT__AUDIENCE", "my-os"),
+            ]),
+        )
+        .unwrap();
+        let jwt = settings.auth.jwt.unwrap();
+        assert_eq!(
+            jwt.verification_key
+                .map(|key| key.expose_secret().to_owned()),
+            Some("a shared secret".to_owned())
+        );
+        assert_eq!(jwt.algorithm, "HS512");
+        assert_eq!(jwt.audience.as_deref(), Some("my-os"));
+        assert_eq!(jwt.scopes_claim, "scopes");
+        assert_eq!(jwt.user_claim, "sub");
+        assert_eq!(jwt.leeway, Duration::from_secs(10));
+        assert_eq!(
+            Settings::load_from(None, env(&[("JWT_VERIFICATION_KEY", "not a PEM key")]))
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
+            Some("invalid configuration key `auth.jwt.verification_key`")
+        );
+        assert_eq!(
+            Settings::load_from(None, env(&[("JWT_JWKS_FILE", "/nonexistent/jwks.json")]))
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
+            Some("invalid configuration key `auth.jwt.jwks_file`")
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// 401 `UNAUTHENTICATED`, with `WWW-Authenticate: Bearer`.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// 403 `FORBIDDEN`: a valid token without the scope the route needs.
+    #[error("insufficient permissions")]
+    Forbidden,
     /// 404 `NOT_FOUND`: an unknown route, database or table.
     #[error("{0}")]
     NotFound(String),
@@ -49,6 +52,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "BAD_REQUEST",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::Validation(_) => "VALIDATION_ERROR",
@@ -62,6 +66,7 @@ impl ApiError {
             | ApiError::NotFound(detail)
             | ApiError::Validation(detail) => detail,
             ApiError::Unauthenticated(detail) => detail,
+            ApiError::Forbidden => "Insufficient permissions",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::Internal(_) => INTERNAL_DETAIL,
         }
@@ -73,6 +78,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -128,6 +134,11 @@ mod tests {
                 ApiError::Unauthenticated("u"),
                 401,
                 r#"{"detail":"u","error_code":"UNAUTHENTICATED"}"#,
+            ),
+            (
+                ApiError::Forbidden,
+                403,
+                r#"{"detail":"Insufficient permissions","error_code":"FORBIDDEN"}"#,
             ),
             (
                 ApiError::NotFound("n".into()),

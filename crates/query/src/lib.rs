@@ -4,20 +4,23 @@
 //! - [`config`]: the typed, validated [`Settings`].
 //! - [`startup`]: [`Application::build`] binds the API and admin listeners,
 //!   [`Application::run_until_stopped`] serves and drains.
-//! - [`routes`]: `GET /metrics`, `GET /openapi.json`, and the 404 and 405 fallbacks.
+//! - [`routes`]: `GET /metrics`, `POST /metrics/refresh`, `GET /metrics/refresh/status`,
+//!   `GET /openapi.json`, and the 404 and 405 fallbacks.
 //! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
-//! - [`auth`]: the bearer key check.
+//! - [`auth`]: the bearer key and JWT scope checks; [`jwt`] verifies JWTs.
 //! - [`cache`]: rendered responses reused while their table is unchanged.
 //! - [`admin`]: probes, Prometheus text, and the `healthcheck` client.
 //! - [`telemetry`]: the log subscriber and the metric definitions.
 //!
-//! The service only reads: it never migrates or writes the database.
+//! The service reads, except for refreshes, which recount a table's rows under the writers' lock
+//! and keep their state in the database; it never migrates.
 
 pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

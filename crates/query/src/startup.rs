@@ -21,6 +21,7 @@ use crate::admin;
 use crate::cache::PageCache;
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::jwt::JwtVerifier;
 use crate::routes;
 use crate::telemetry::Metrics;
 
@@ -31,6 +32,8 @@ pub struct Database {
     pub id: String,
     /// Its connection pool (lazy: the service starts while the database is down).
     pub pool: Pool,
+    /// Its URL, for the dedicated connection a refresh holds its lock on.
+    pub url: SecretString,
     /// The metrics tables it holds; the first is the default one.
     pub tables: Vec<TableName>,
 }
@@ -107,8 +110,10 @@ impl Databases {
 pub struct AppState {
     /// The databases.
     pub databases: Arc<Databases>,
-    /// The bearer key; `None` leaves the API open.
+    /// The bearer key; `None` (and no `jwt`) leaves the API open.
     pub security_key: Option<SecretString>,
+    /// JWT verification, when configured.
+    pub jwt: Option<JwtVerifier>,
     /// Longest a request waits for the database.
     pub request_timeout: Duration,
     /// The Prometheus metrics.
@@ -147,6 +152,7 @@ impl Application {
                 Ok(Database {
                     id: database.id.clone(),
                     pool,
+                    url: database.url.clone(),
                     tables: database.tables.clone(),
                 })
             })
@@ -155,15 +161,24 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let draining = Arc::new(AtomicBool::new(false));
 
-        if settings.auth.security_key.is_none() {
+        let jwt = settings
+            .auth
+            .jwt
+            .as_ref()
+            .map(JwtVerifier::new)
+            .transpose()
+            .context("loading the JWT verification keys")?;
+        if settings.auth.security_key.is_none() && jwt.is_none() {
             tracing::warn!(
-                "no security key is set (auth.security_key or OS_SECURITY_KEY): the API is open \
-                 to anyone who can reach it"
+                "no security key (auth.security_key or OS_SECURITY_KEY) and no JWT verification \
+                 key (auth.jwt, JWT_VERIFICATION_KEY or JWT_JWKS_FILE) is set: the API is open to \
+                 anyone who can reach it"
             );
         }
         let state = web::Data::new(AppState {
             databases: databases.clone(),
             security_key: settings.auth.security_key.clone(),
+            jwt,
             request_timeout: settings.http.request_timeout,
             metrics: metrics.clone(),
             cache: (settings.cache.entries > 0).then(|| {
@@ -185,6 +200,16 @@ impl Application {
                 .service(
                     web::resource(["/metrics", "/metrics/"])
                         .route(web::get().to(routes::metrics::get_metrics))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource(["/metrics/refresh", "/metrics/refresh/"])
+                        .route(web::post().to(routes::refresh::refresh_metrics))
+                        .default_service(web::to(routes::post_only)),
+                )
+                .service(
+                    web::resource(["/metrics/refresh/status", "/metrics/refresh/status/"])
+                        .route(web::get().to(routes::refresh::get_refresh_status))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

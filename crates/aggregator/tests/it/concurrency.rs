@@ -9,7 +9,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::support::{reference, run, session, snapshot, table, with_usage, with_user};
+use crate::support::{
+    reference, reference_by_user, run, session, snapshot, table, user_snapshot, with_usage,
+    with_user,
+};
 
 fn events() -> Vec<Event> {
     let mut events = Vec::new();
@@ -65,5 +68,9 @@ fn concurrent_appliers_of_overlapping_batches_keep_totals_exact() {
     assert_eq!(
         snapshot(&mut db.connect(), "agno_metrics"),
         reference(&events)
+    );
+    assert_eq!(
+        user_snapshot(&mut db.connect(), "agno_metrics"),
+        reference_by_user(&events)
     );
 }

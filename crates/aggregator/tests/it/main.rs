@@ -9,5 +9,7 @@ mod migrations;
 mod property;
 mod read;
 mod rebuild;
+mod refresh;
 mod rules;
 mod support;
+mod users;

@@ -1,5 +1,6 @@
 //! Random event sets, delivered shuffled, with duplicates and in random batches, give the same
-//! rows as any other delivery, as `rebuild`, and as the in-memory reference.
+//! rows, all-users and per-user, as any other delivery, as `rebuild`, and as the in-memory
+//! reference; and each day's per-user rows add up to its all-users row.
 
 use chrono::{DateTime, Duration, Utc};
 use metrics_aggregator::{DateRange, EventOutcome, apply, rebuild};
@@ -8,7 +9,68 @@ use metrics_test_support::TestDatabase;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+use std::collections::BTreeMap;
+
+use metrics_test_support::rows::{Day, reference_by_user, user_snapshot};
+
 use crate::support::{reference, snapshot, table};
+
+/// The all-users rows the per-user rows add up to: every count, token, cost and model summed
+/// per day; `users_count` is left out (a day's users are distinct, not summed).
+fn sum_of_users(by_user: &BTreeMap<String, Vec<Day>>) -> Vec<Day> {
+    type ModelSums = BTreeMap<(String, String), i64>;
+    let mut days: BTreeMap<chrono::NaiveDate, (Day, ModelSums)> = BTreeMap::new();
+    for day in by_user.values().flatten() {
+        let (sum, models) = days
+            .entry(day.date)
+            .or_insert_with(|| (Day::empty(day.date), BTreeMap::new()));
+        for (total, count) in sum.runs.iter_mut().zip(day.runs) {
+            *total += count;
+        }
+        for (total, count) in sum.sessions.iter_mut().zip(day.sessions) {
+            *total += count;
+        }
+        for (total, count) in sum.tokens.iter_mut().zip(day.tokens) {
+            *total += count;
+        }
+        sum.cost += &day.cost;
+        for model in &day.models {
+            *models
+                .entry((model.model_id.clone(), model.model_provider.clone()))
+                .or_default() += model.count;
+        }
+    }
+    days.into_values()
+        .map(|(mut day, models)| {
+            day.cost = day.cost.normalized();
+            let mut models: Vec<_> = models
+                .into_iter()
+                .map(|((id, provider), count)| {
+                    metrics_test_support::rows::model(&id, &provider, count)
+                })
+                .collect();
+            models.sort_by(|a, b| {
+                (b.count, &a.model_id, &a.model_provider).cmp(&(
+                    a.count,
+                    &b.model_id,
+                    &b.model_provider,
+                ))
+            });
+            day.models = models;
+            day
+        })
+        .collect()
+}
+
+/// `rows` without their `users_count`, for comparing with [`sum_of_users`].
+fn without_users(rows: &[Day]) -> Vec<Day> {
+    rows.iter()
+        .map(|day| Day {
+            users: 0,
+            ..day.clone()
+        })
+        .collect()
+}
 
 /// Few ids, users and days, so that events collide on every key.
 fn arb_event(index: usize) -> impl Strategy<Value = Event> {
@@ -146,15 +208,24 @@ fn rows_depend_only_on_the_set_of_distinct_events() {
                 prop_assert!(counted <= events.len());
             }
             let expected = reference(&events);
+            let expected_by_user = reference_by_user(&events);
             let a = snapshot(conn, &names[0]);
             prop_assert_eq!(&a, &expected);
             prop_assert_eq!(&snapshot(conn, &names[1]), &expected);
+            let a_by_user = user_snapshot(conn, &names[0]);
+            prop_assert_eq!(&a_by_user, &expected_by_user);
+            prop_assert_eq!(&user_snapshot(conn, &names[1]), &expected_by_user);
+
+            // Per day, the per-user rows (the no-user rows among them) add up to the all-users
+            // row in every count but users_count.
+            prop_assert_eq!(without_users(&sum_of_users(&a_by_user)), without_users(&a));
 
             // A rebuild recomputes the same rows and so changes none of them.
             let t = table(conn, &names[0]);
             let report = rebuild(conn, t, DateRange::default()).unwrap();
-            prop_assert_eq!(report.rows_written + report.rows_deleted, 0);
+            prop_assert_eq!(report, Default::default());
             prop_assert_eq!(&snapshot(conn, &names[0]), &expected);
+            prop_assert_eq!(&user_snapshot(conn, &names[0]), &expected_by_user);
             Ok(())
         })
         .unwrap();

@@ -66,7 +66,8 @@ fn rebuild_repairs_drifted_rows_and_keeps_their_ids() {
         report,
         RebuildReport {
             rows_written: 2,
-            rows_deleted: 0
+            rows_deleted: 0,
+            ..RebuildReport::default()
         }
     );
     assert_eq!(snapshot(&mut conn, "agno_metrics"), good);

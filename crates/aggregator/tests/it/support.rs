@@ -4,7 +4,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::PgConnection;
 use metrics_aggregator::{TableId, TableName, register_table};
 use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
-pub use metrics_test_support::rows::{Day, model, reference, snapshot};
+pub use metrics_test_support::rows::{
+    Day, model, reference, reference_by_user, snapshot, user_snapshot,
+};
 
 pub fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().to_utc()

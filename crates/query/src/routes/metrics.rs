@@ -1,5 +1,6 @@
-//! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`), and the
-//! response rendered straight from the aggregator's rows.
+//! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`, and
+//! `agentos-compat.md` for `user_id`), and the response rendered straight from the aggregator's
+//! rows: all users' or one user's.
 //!
 //! The body is written by hand-rolled `Serialize` impls over [`DailyMetrics`]: no intermediate
 //! `serde_json::Value`, no per-request maps, one buffer sized up front. A 365-day page is a few
@@ -17,7 +18,7 @@ use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::auth;
+use crate::auth::{self, Scope};
 use crate::cache::{PageCache, PageKey};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -34,6 +35,25 @@ pub struct MetricsQuery {
     pub db_id: Option<String>,
     /// The metrics table of that database; its default table when absent.
     pub table: Option<String>,
+    /// One user's rows (`""`: the events without a user); all users' when absent.
+    pub user_id: Option<String>,
+}
+
+/// The longest `user_id` accepted, in characters (the event contract's limit).
+pub const MAX_USER_ID_CHARS: usize = 256;
+
+/// Checks a `user_id` parameter's length.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] for more than [`MAX_USER_ID_CHARS`] characters.
+pub fn checked_user_id(user_id: Option<String>) -> Result<Option<String>, ApiError> {
+    match user_id {
+        Some(user) if user.chars().nth(MAX_USER_ID_CHARS).is_some() => Err(ApiError::Validation(
+            format!("Invalid user_id: at most {MAX_USER_ID_CHARS} characters"),
+        )),
+        user => Ok(user),
+    }
 }
 
 impl MetricsQuery {
@@ -123,15 +143,22 @@ pub async fn get_metrics(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::authenticate(&request, state.security_key.as_ref())?;
+    let caller = auth::authorize(
+        &request,
+        state.security_key.as_ref(),
+        state.jwt.as_ref(),
+        Scope::Read,
+    )?;
     let query = MetricsQuery::parse(request.query_string())?;
     let range = query.range()?;
+    let user = caller.user_to_read(checked_user_id(query.user_id)?);
     let (position, database) = state.databases.find(query.db_id.as_deref())?;
     let key = PageKey {
         database: position,
         table: database.table(query.table.as_deref())?.clone(),
         start: range.start,
         end: range.end,
+        user,
     };
     let pool = database.pool.clone();
     let cache = state.cache.clone();
@@ -174,7 +201,12 @@ async fn read_body(
     // answers the client even while the thread still waits on the database.
     web::block(move || {
         let mut conn = pool.get()?;
-        let page = metrics_aggregator::read(&mut conn, key.table.as_str(), range)?;
+        let page = match &key.user {
+            None => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
+            Some(user) => {
+                metrics_aggregator::read_user(&mut conn, key.table.as_str(), user, range)?
+            }
+        };
         let body = Bytes::from(render(&page)?);
         if let Some(cache) = &cache
             && let Some(stamp) = page.updated_at
@@ -201,6 +233,18 @@ pub fn render(page: &MetricsPage) -> serde_json::Result<Vec<u8>> {
             updated_at: page.updated_at,
         },
     )?;
+    Ok(body)
+}
+
+/// Renders rows as a JSON array of the contract's `DayAggregatedMetrics` (the body of a
+/// synchronous `POST /metrics/refresh`).
+///
+/// # Errors
+///
+/// Serialisation errors, as for [`render`].
+pub fn render_rows(rows: &[DailyMetrics]) -> serde_json::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(2 + rows.len() * 720);
+    serde_json::to_writer(&mut body, &Rows(rows))?;
     Ok(body)
 }
 
@@ -333,7 +377,7 @@ impl Serialize for Day {
 }
 
 /// An instant as RFC 3339 UTC to the second (`2025-07-31T20:29:01Z`).
-struct Rfc3339(DateTime<Utc>);
+pub(crate) struct Rfc3339(pub(crate) DateTime<Utc>);
 
 impl Serialize for Rfc3339 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -408,6 +452,25 @@ mod tests {
         assert_eq!(
             query.range().unwrap_err().to_string(),
             "Invalid date range: starting_date 2024-02-02 is after ending_date 2024-02-01"
+        );
+    }
+
+    #[test]
+    fn user_ids_longer_than_256_characters_are_refused() {
+        let at_limit = "é".repeat(256);
+        assert_eq!(
+            checked_user_id(Some(at_limit.clone())).unwrap(),
+            Some(at_limit)
+        );
+        assert_eq!(
+            checked_user_id(Some(String::new())).unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(
+            checked_user_id(Some("u".repeat(257)))
+                .unwrap_err()
+                .to_string(),
+            "Invalid user_id: at most 256 characters"
         );
     }
 

@@ -8,6 +8,7 @@ use crate::error::ApiError;
 pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
+pub mod refresh;
 
 /// Any path the API does not serve: 404 `NOT_FOUND`.
 ///
@@ -18,11 +19,20 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("Not found".to_owned()))
 }
 
-/// A served path asked with a method other than `GET`: 405 with `Allow: GET`.
+/// A `GET` path asked with another method: 405 with `Allow: GET`.
 ///
 /// # Errors
 ///
 /// Always [`ApiError::MethodNotAllowed`].
 pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed { allow: "GET" })
+}
+
+/// A `POST` path asked with another method: 405 with `Allow: POST`.
+///
+/// # Errors
+///
+/// Always [`ApiError::MethodNotAllowed`].
+pub async fn post_only() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow: "POST" })
 }

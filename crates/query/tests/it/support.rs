@@ -76,6 +76,15 @@ impl TestApp {
         Reply::read(request.send().await.unwrap()).await
     }
 
+    /// POSTs to `path` of the API (no body) with optional extra headers.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.client.post(format!("{}{path}", self.api));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        Reply::read(request.send().await.unwrap()).await
+    }
+
     /// GETs `path` of the admin listener.
     pub async fn admin_get(&self, path: &str) -> Reply {
         let request = self.client.get(format!("{}{path}", self.admin));
@@ -163,6 +172,16 @@ pub fn session(id: &str, at: &str, session_type: SessionType, user: Option<&str>
             user_id: user.map(str::to_owned),
         }),
     }
+}
+
+/// `event` as sent by `user` (`None`: by nobody).
+pub fn by(mut event: Event, user: Option<&str>) -> Event {
+    let user_id = user.map(str::to_owned);
+    match &mut event.kind {
+        EventKind::SessionCreated(session) => session.user_id = user_id,
+        EventKind::RunCompleted(run) => run.user_id = user_id,
+    }
+    event
 }
 
 /// A finished run of session `session_id` served by `model`, with `usage`.
