@@ -241,3 +241,50 @@ def test_workflow_steps_publish_under_the_workflow_session(broker: Any, tmp_path
     assert [runs[step]["parent_run_id"] for step in steps] == [output.run_id] * 2
     assert [runs[step]["model"] for step in steps] == ["m-a", "m-b"]
     assert [runs[step]["metrics"]["total_tokens"] for step in steps] == [6, 9]
+
+
+def test_agentos_runs_over_http_are_published(broker: Any, tmp_path: Path) -> None:
+    from agno.os import AgentOS
+    from fastapi.testclient import TestClient
+
+    broker.declare_queue()
+    publisher = Publisher(
+        PublisherConfig(
+            url=broker.url,
+            exchange=broker.exchange,
+            spool_dir=tmp_path / "spool",
+            close_at_exit=False,
+        )
+    )
+    agent = Agent(
+        id="os-agent",
+        db=SqliteDb(db_file=str(tmp_path / "agno.db")),
+        model=ScriptedModel(
+            id="m-os", provider="P", script=[Step("hello", input_tokens=8, output_tokens=2)]
+        ),
+    )
+    agent_os = AgentOS(agents=[agent])
+    # One line for the whole AgentOS: every agent and team it serves.
+    instrument(agent_os, publisher=publisher, source="agno://agentos-test")
+    client = TestClient(agent_os.get_app())
+    response = client.post(
+        "/agents/os-agent/runs",
+        data={"message": "hi", "user_id": "grace", "session_id": "session-o1", "stream": "false"},
+    )
+    assert response.status_code == 200, response.text
+    run_id = response.json()["run_id"]
+    assert publisher.flush(30)
+    publisher.close()
+
+    received = [(e["type"], e["data"]) for e in broker.drain()]
+    assert [(kind, data["session_id"]) for kind, data in received] == [
+        ("agentos.session.created", "session-o1"),
+        ("agentos.run.completed", "session-o1"),
+    ]
+    run = received[1][1]
+    assert (run["run_id"], run["user_id"], run["model"], run["metrics"]["total_tokens"]) == (
+        run_id,
+        "grace",
+        "m-os",
+        10,
+    )
