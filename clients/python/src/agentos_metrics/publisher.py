@@ -160,8 +160,9 @@ class Publisher:
         if self.config.buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
         self._cond = threading.Condition()
-        self._buffer: deque[SpooledMessage] = deque()
-        self._inflight: list[SpooledMessage] = []
+        # Events are encoded by the background thread, not by the caller.
+        self._buffer: deque[Event] = deque()
+        self._inflight: list[Event] = []
         self._counters = _Counters()
         self._closing = False
         self._close_deadline = 0.0
@@ -183,12 +184,11 @@ class Publisher:
     # The caller's side: never blocks on the broker or the disk.
 
     def publish(self, event: Event) -> bool:
-        """Hands `event` to the background thread and returns at once: False when the event was
-        dropped (buffer full under `drop_newest`, or the publisher closed), True when it was taken
-        (under `drop_oldest` a full buffer then drops its oldest event instead). Every drop is
-        counted in `stats().dropped`.
+        """Hands `event` (not to be changed afterwards) to the background thread and returns at
+        once: False when the event was dropped (buffer full under `drop_newest`, or the publisher
+        closed), True when it was taken (under `drop_oldest` a full buffer then drops its oldest
+        event instead). Every drop is counted in `stats().dropped`.
         """
-        message = SpooledMessage(str(event["type"]), encode(event))
         with self._cond:
             if self._closed:
                 self._counters.dropped += 1
@@ -200,7 +200,7 @@ class Publisher:
                 if self.config.overflow == "drop_newest":
                     return False
                 self._buffer.popleft()
-            self._buffer.append(message)
+            self._buffer.append(event)
             self._counters.accepted += 1
             self._cond.notify_all()
         return True
@@ -436,7 +436,7 @@ class Publisher:
                 raise PublishFailed(f"{type(err).__name__}: {err}") from err
             return
         try:
-            self._send(inflight)
+            self._send([_message(event) for event in inflight])
         except PublishFailed:
             self._spool_or_drop(inflight)
             with self._cond:
@@ -457,9 +457,13 @@ class Publisher:
         with self._cond:
             self._cond.notify_all()
 
-    def _spool_or_drop(self, messages: list[SpooledMessage]) -> None:
-        written = self._spool.append(messages) if self._spool is not None else 0
-        rest = messages[written:]
+    def _spool_or_drop(self, events: list[Event]) -> None:
+        written = (
+            self._spool.append([_message(event) for event in events])
+            if self._spool is not None
+            else 0
+        )
+        rest = events[written:]
         with self._cond:
             self._counters.spooled += written
             if rest and not self._closing and not self._closed:
@@ -471,6 +475,10 @@ class Publisher:
             if rest:
                 self._counters.dropped += len(rest)
                 _warn_drop(self._counters.dropped, "the spool is full")
+
+
+def _message(event: Event) -> SpooledMessage:
+    return SpooledMessage(str(event.get("type", "")), encode(event))
 
 
 def _batch(bodies: list[bytes]) -> tuple[str, bytes, str]:
