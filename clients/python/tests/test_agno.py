@@ -216,9 +216,10 @@ def test_workflow_steps_publish_under_the_workflow_session(broker: Any, tmp_path
             id="m-b", provider="P", script=[Step("review", input_tokens=7, output_tokens=2)]
         ),
     )
+    db = SqliteDb(db_file=str(tmp_path / "agno.db"))
     workflow = Workflow(
         id="pipeline",
-        db=SqliteDb(db_file=str(tmp_path / "agno.db")),
+        db=db,
         steps=[WorkflowStep(name="draft", agent=first), WorkflowStep(name="review", agent=second)],
     )
     instrument(workflow, publisher=publisher, source="agno://workflow-test")
@@ -241,6 +242,14 @@ def test_workflow_steps_publish_under_the_workflow_session(broker: Any, tmp_path
     assert [runs[step]["parent_run_id"] for step in steps] == [output.run_id] * 2
     assert [runs[step]["model"] for step in steps] == ["m-a", "m-b"]
     assert [runs[step]["metrics"]["total_tokens"] for step in steps] == [6, 9]
+
+    # Agno's own metrics count the workflow run alone, with no model; the step runs' tokens are
+    # in its session metrics (docs/agno-client.md).
+    db.calculate_metrics()
+    (agno,) = db.get_metrics()[0]
+    assert (agno["workflow_sessions_count"], agno["workflow_runs_count"]) == (1, 1)
+    assert agno["model_metrics"] == []
+    assert agno["token_metrics"]["total_tokens"] == 15
 
 
 def test_agentos_runs_over_http_are_published(broker: Any, tmp_path: Path) -> None:
