@@ -293,10 +293,9 @@ def test_backfill_twice_changes_nothing(pipeline: Pipeline, tmp_path: Path) -> N
     db = open_db(BackfillOptions(db_url=db_url, source=SOURCE))
     fill_history(db)
     fill_live(db)
+    # The console script pip installed beside the interpreter, as a user runs it.
     command = [
-        sys.executable,
-        "-m",
-        "agentos_metrics.cli",
+        str(Path(sys.executable).parent / "agentos-metrics"),
         "backfill",
         "--db-url",
         db_url,
