@@ -45,6 +45,36 @@ from agentos_metrics.spool import Spool, SpooledMessage
 
 log = logging.getLogger("agentos_metrics")
 
+THREAD_NAME = "agentos-metrics-publisher"
+
+# pika logs every failed connection attempt at ERROR with tracebacks, from the loggers below; while
+# the broker is away that is one burst per backoff step. The publisher reports an outage itself
+# (one warning, then debug lines), so what pika logs from the publisher's thread is dropped; pika
+# logging from the application's own threads is untouched.
+_PIKA_LOGGERS = (
+    "pika.adapters.blocking_connection",
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.connection",
+    "pika.channel",
+)
+
+
+class _NotFromPublisherThread(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != THREAD_NAME
+
+
+_pika_filter = _NotFromPublisherThread()
+
+
+def _quiet_pika() -> None:
+    for name in _PIKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if _pika_filter not in logger.filters:
+            logger.addFilter(_pika_filter)
+
+
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 DEFAULT_EXCHANGE = "agentos.events"
 
@@ -174,9 +204,8 @@ class Publisher:
         )
         self._connection: Any = None
         self._channel: Any = None
-        self._thread = threading.Thread(
-            target=self._run, name="agentos-metrics-publisher", daemon=True
-        )
+        _quiet_pika()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
         if self.config.close_at_exit:
             atexit.register(self.close)
@@ -328,10 +357,10 @@ class Publisher:
             self._counters.failures += 1
         if failures == 1:
             log.warning(
-                "agentos-metrics: %s failed (%s: %s); events go to the spool until it answers",
+                "agentos-metrics: %s failed (%s); events wait (in the spool, if any) until it "
+                "answers",
                 doing,
-                type(err).__name__,
-                err,
+                f"{type(err).__name__}: {err}" if str(err) else repr(err),
             )
         else:
             log.debug("agentos-metrics: %s failed again (%s)", doing, err)
@@ -474,7 +503,10 @@ class Publisher:
                 self._buffer.extendleft(reversed(keep))
             if rest:
                 self._counters.dropped += len(rest)
-                _warn_drop(self._counters.dropped, "the spool is full")
+                _warn_drop(
+                    self._counters.dropped,
+                    "the spool is full" if self._spool is not None else "there is no spool",
+                )
 
 
 def _message(event: Event) -> SpooledMessage:
