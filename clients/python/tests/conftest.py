@@ -59,6 +59,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range (32768 and up on Linux), so no
+    client socket can take it while a server that listens on it is restarted."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 32000)  # noqa: S311 - not crypto
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port between 20000 and 32000")
+
+
 def suffix() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -140,8 +156,8 @@ class PrivateRabbit:
         self.dir = Path(tempfile.mkdtemp(prefix="agentos-metrics-rabbit-"))
         (self.dir / "enabled_plugins").write_text("[].\n")
         self.node = f"agentos-metrics-py-{os.getpid()}-{suffix()[:6]}@localhost"
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port = stable_port()
+        self.dist_port = stable_port()
         self.child: subprocess.Popen[bytes] | None = None
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
 
@@ -184,11 +200,24 @@ class PrivateRabbit:
 
         eventually(up, "the private RabbitMQ node accepts connections", timeout=90)
 
+    def stop(self) -> None:
+        """Stops the node (SIGTERM: it closes every connection and writes its state), as a
+        restart of the broker does; returns once the AMQP port is free."""
+        self._signal(signal.SIGTERM)
+        if self.child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.child.wait(timeout=60)
+        self.crash()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        pid_file = self.dir / "rabbitmq.pid"
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text().strip()), sig)
+
     def crash(self) -> None:
         """SIGKILL, no clean shutdown; returns once the AMQP port is free."""
         pid_file = self.dir / "rabbitmq.pid"
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         if self.child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.child.pid, signal.SIGKILL)

@@ -170,7 +170,9 @@ def test_member_runs_carry_their_parent_and_metrics_under_agno_names(
     runs = {e["data"]["run_id"]: e for e in received if e["type"] == "agentos.run.completed"}
     sessions = [e for e in received if e["type"] == "agentos.session.created"]
     member_run = output.member_responses[0]
-    assert set(runs) == {output.run_id, member_run.run_id}
+    assert sorted(e["data"]["run_id"] for e in received if "run" in e["type"]) == sorted(
+        [output.run_id, member_run.run_id]
+    )
     assert runs[member_run.run_id]["data"]["parent_run_id"] == output.run_id
     assert runs[member_run.run_id]["data"]["session_type"] == "team"
     assert runs[member_run.run_id]["data"]["agent_id"] == "writer"
@@ -216,9 +218,10 @@ def test_workflow_steps_publish_under_the_workflow_session(broker: Any, tmp_path
             id="m-b", provider="P", script=[Step("review", input_tokens=7, output_tokens=2)]
         ),
     )
+    db = SqliteDb(db_file=str(tmp_path / "agno.db"))
     workflow = Workflow(
         id="pipeline",
-        db=SqliteDb(db_file=str(tmp_path / "agno.db")),
+        db=db,
         steps=[WorkflowStep(name="draft", agent=first), WorkflowStep(name="review", agent=second)],
     )
     instrument(workflow, publisher=publisher, source="agno://workflow-test")
@@ -241,3 +244,117 @@ def test_workflow_steps_publish_under_the_workflow_session(broker: Any, tmp_path
     assert [runs[step]["parent_run_id"] for step in steps] == [output.run_id] * 2
     assert [runs[step]["model"] for step in steps] == ["m-a", "m-b"]
     assert [runs[step]["metrics"]["total_tokens"] for step in steps] == [6, 9]
+
+    # Agno's own metrics count the workflow run alone, with no model; the step runs' tokens are
+    # in its session metrics (docs/agno-client.md).
+    db.calculate_metrics()
+    (agno,) = db.get_metrics()[0]
+    assert (agno["workflow_sessions_count"], agno["workflow_runs_count"]) == (1, 1)
+    assert agno["model_metrics"] == []
+    assert agno["token_metrics"]["total_tokens"] == 15
+
+
+def test_agentos_runs_over_http_are_published(broker: Any, tmp_path: Path) -> None:
+    from agno.os import AgentOS
+    from fastapi.testclient import TestClient
+
+    broker.declare_queue()
+    publisher = Publisher(
+        PublisherConfig(
+            url=broker.url,
+            exchange=broker.exchange,
+            spool_dir=tmp_path / "spool",
+            close_at_exit=False,
+        )
+    )
+    agent = Agent(
+        id="os-agent",
+        db=SqliteDb(db_file=str(tmp_path / "agno.db")),
+        model=ScriptedModel(
+            id="m-os", provider="P", script=[Step("hello", input_tokens=8, output_tokens=2)]
+        ),
+    )
+    agent_os = AgentOS(agents=[agent])
+    # One line for the whole AgentOS: every agent and team it serves.
+    instrument(agent_os, publisher=publisher, source="agno://agentos-test")
+    client = TestClient(agent_os.get_app())
+    response = client.post(
+        "/agents/os-agent/runs",
+        data={"message": "hi", "user_id": "grace", "session_id": "session-o1", "stream": "false"},
+    )
+    assert response.status_code == 200, response.text
+    run_id = response.json()["run_id"]
+    assert publisher.flush(30)
+    publisher.close()
+
+    received = [(e["type"], e["data"]) for e in broker.drain()]
+    assert [(kind, data["session_id"]) for kind, data in received] == [
+        ("agentos.session.created", "session-o1"),
+        ("agentos.run.completed", "session-o1"),
+    ]
+    run = received[1][1]
+    assert (run["run_id"], run["user_id"], run["model"], run["metrics"]["total_tokens"]) == (
+        run_id,
+        "grace",
+        "m-os",
+        10,
+    )
+
+
+def test_agentos_with_background_hooks_publishes_member_runs_once(
+    broker: Any, tmp_path: Path
+) -> None:
+    from agno.os import AgentOS
+    from fastapi.testclient import TestClient
+
+    broker.declare_queue()
+    publisher = Publisher(
+        PublisherConfig(
+            url=broker.url,
+            exchange=broker.exchange,
+            spool_dir=tmp_path / "spool",
+            close_at_exit=False,
+        )
+    )
+    db = SqliteDb(db_file=str(tmp_path / "agno.db"))
+    member = Agent(
+        id="bg-member",
+        db=db,
+        model=ScriptedModel(
+            id="m-member", provider="P", script=[Step("part", input_tokens=4, output_tokens=1)]
+        ),
+    )
+    team = Team(
+        id="bg-team",
+        db=db,
+        members=[member],
+        model=ScriptedModel(
+            id="m-lead",
+            provider="P",
+            script=[
+                delegate("bg-member", "do", 6, 2),
+                Step("all", input_tokens=9, output_tokens=3),
+            ],
+        ),
+    )
+    # The member is served on its own too, and hooks run as background tasks.
+    agent_os = AgentOS(agents=[member], teams=[team], run_hooks_in_background=True)
+    instrument(agent_os, publisher=publisher, source="agno://agentos-bg-test")
+    client = TestClient(agent_os.get_app())
+    response = client.post(
+        "/teams/bg-team/runs",
+        data={"message": "go", "user_id": "heidi", "session_id": "session-bg", "stream": "false"},
+    )
+    assert response.status_code == 200, response.text
+    team_run_id = response.json()["run_id"]
+    eventually(lambda: publisher.stats().accepted >= 3 or None, "the background hooks ran")
+    assert publisher.flush(30)
+    publisher.close()
+
+    received = broker.drain()
+    runs = [e["data"] for e in received if e["type"] == "agentos.run.completed"]
+    assert sorted((run["session_type"], run.get("parent_run_id", "")) for run in runs) == [
+        ("team", ""),
+        ("team", team_run_id),
+    ]
+    assert [e["data"]["session_type"] for e in received if "session" in e["type"]] == ["team"]

@@ -26,7 +26,7 @@ from agno.session import AgentSession, TeamSession
 from agno.team import Team
 
 from agentos_metrics import Publisher, PublisherConfig
-from agentos_metrics.backfill import BackfillOptions, backfill, open_db
+from agentos_metrics.backfill import BackfillOptions, backfill, open_db, parse_moment
 
 from .conftest import DATABASE_URL, Pipeline, eventually
 from .reference import agno_rows, api_rows, expected_rows
@@ -293,10 +293,9 @@ def test_backfill_twice_changes_nothing(pipeline: Pipeline, tmp_path: Path) -> N
     db = open_db(BackfillOptions(db_url=db_url, source=SOURCE))
     fill_history(db)
     fill_live(db)
+    # The console script pip installed beside the interpreter, as a user runs it.
     command = [
-        sys.executable,
-        "-m",
-        "agentos_metrics.cli",
+        str(Path(sys.executable).parent / "agentos-metrics"),
         "backfill",
         "--db-url",
         db_url,
@@ -330,3 +329,36 @@ def test_backfill_twice_changes_nothing(pipeline: Pipeline, tmp_path: Path) -> N
     )
     assert api_rows(pipeline.metrics(start, end)) == expected
     assert pipeline.ingest_counter("applied") == applied
+
+
+def test_since_and_until_select_sessions_by_creation_day(broker: Any, tmp_path: Path) -> None:
+    broker.declare_queue()
+    db_url = f"sqlite:///{tmp_path / 'agno.db'}"
+    fill_history(open_db(BackfillOptions(db_url=db_url, source=SOURCE)))
+    publisher = Publisher(
+        PublisherConfig(
+            url=broker.url, exchange=broker.exchange, spool_dir=None, close_at_exit=False
+        )
+    )
+    report = backfill(
+        BackfillOptions(
+            db_url=db_url,
+            source=SOURCE,
+            since=parse_moment("2025-03-02"),
+            until=parse_moment("2025-03-02", end_of_day=True),
+            state_file=tmp_path / "state.json",
+        ),
+        publisher,
+    )
+    publisher.close()
+    received = broker.drain()
+    assert (report.sessions, report.runs) == (2, 3)
+    assert sorted(e["data"]["session_id"] for e in received if "session" in e["type"]) == [
+        "h-3",
+        "h-4",
+    ]
+    assert sorted(e["data"]["run_id"] for e in received if "run" in e["type"]) == [
+        "h-3-r1",
+        "h-4-m1",
+        "h-4-t1",
+    ]

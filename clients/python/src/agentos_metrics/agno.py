@@ -200,7 +200,7 @@ class MetricsHook:
             _team_run.set(None)
             session_type: SessionType = "team"
         else:
-            if _team_run.get() is not None and _value(agent, "team_id") is not None:
+            if _is_member_run(agent):
                 return  # a member run: the team's hook publishes it with its parent
             session_type = "agent"
         session_id = str(_value(run, "session_id") or _value(session, "session_id"))
@@ -273,6 +273,11 @@ class MetricsHook:
             if len(self._seen) > self._seen_max:
                 self._seen.popitem(last=False)
             return True
+
+
+def _is_member_run(agent: Any) -> bool:
+    """Whether `agent` runs as a member of an instrumented team right now."""
+    return _value(agent, "team_id") is not None and _team_run.get() is not None
 
 
 def _attach(component: Any, hook: MetricsHook) -> None:

@@ -45,6 +45,36 @@ from agentos_metrics.spool import Spool, SpooledMessage
 
 log = logging.getLogger("agentos_metrics")
 
+THREAD_NAME = "agentos-metrics-publisher"
+
+# pika logs every failed connection attempt at ERROR with tracebacks, from the loggers below; while
+# the broker is away that is one burst per backoff step. The publisher reports an outage itself
+# (one warning, then debug lines), so what pika logs from the publisher's thread is dropped; pika
+# logging from the application's own threads is untouched.
+_PIKA_LOGGERS = (
+    "pika.adapters.blocking_connection",
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.connection",
+    "pika.channel",
+)
+
+
+class _NotFromPublisherThread(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != THREAD_NAME
+
+
+_pika_filter = _NotFromPublisherThread()
+
+
+def _quiet_pika() -> None:
+    for name in _PIKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if _pika_filter not in logger.filters:
+            logger.addFilter(_pika_filter)
+
+
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 DEFAULT_EXCHANGE = "agentos.events"
 
@@ -160,8 +190,9 @@ class Publisher:
         if self.config.buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
         self._cond = threading.Condition()
-        self._buffer: deque[SpooledMessage] = deque()
-        self._inflight: list[SpooledMessage] = []
+        # Events are encoded by the background thread, not by the caller.
+        self._buffer: deque[Event] = deque()
+        self._inflight: list[Event] = []
         self._counters = _Counters()
         self._closing = False
         self._close_deadline = 0.0
@@ -173,9 +204,8 @@ class Publisher:
         )
         self._connection: Any = None
         self._channel: Any = None
-        self._thread = threading.Thread(
-            target=self._run, name="agentos-metrics-publisher", daemon=True
-        )
+        _quiet_pika()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
         if self.config.close_at_exit:
             atexit.register(self.close)
@@ -183,12 +213,11 @@ class Publisher:
     # The caller's side: never blocks on the broker or the disk.
 
     def publish(self, event: Event) -> bool:
-        """Hands `event` to the background thread and returns at once: False when the event was
-        dropped (buffer full under `drop_newest`, or the publisher closed), True when it was taken
-        (under `drop_oldest` a full buffer then drops its oldest event instead). Every drop is
-        counted in `stats().dropped`.
+        """Hands `event` (not to be changed afterwards) to the background thread and returns at
+        once: False when the event was dropped (buffer full under `drop_newest`, or the publisher
+        closed), True when it was taken (under `drop_oldest` a full buffer then drops its oldest
+        event instead). Every drop is counted in `stats().dropped`.
         """
-        message = SpooledMessage(str(event["type"]), encode(event))
         with self._cond:
             if self._closed:
                 self._counters.dropped += 1
@@ -200,7 +229,7 @@ class Publisher:
                 if self.config.overflow == "drop_newest":
                     return False
                 self._buffer.popleft()
-            self._buffer.append(message)
+            self._buffer.append(event)
             self._counters.accepted += 1
             self._cond.notify_all()
         return True
@@ -328,10 +357,10 @@ class Publisher:
             self._counters.failures += 1
         if failures == 1:
             log.warning(
-                "agentos-metrics: %s failed (%s: %s); events go to the spool until it answers",
+                "agentos-metrics: %s failed (%s); events wait (in the spool, if any) until it "
+                "answers",
                 doing,
-                type(err).__name__,
-                err,
+                f"{type(err).__name__}: {err}" if str(err) else repr(err),
             )
         else:
             log.debug("agentos-metrics: %s failed again (%s)", doing, err)
@@ -436,7 +465,7 @@ class Publisher:
                 raise PublishFailed(f"{type(err).__name__}: {err}") from err
             return
         try:
-            self._send(inflight)
+            self._send([_message(event) for event in inflight])
         except PublishFailed:
             self._spool_or_drop(inflight)
             with self._cond:
@@ -457,9 +486,13 @@ class Publisher:
         with self._cond:
             self._cond.notify_all()
 
-    def _spool_or_drop(self, messages: list[SpooledMessage]) -> None:
-        written = self._spool.append(messages) if self._spool is not None else 0
-        rest = messages[written:]
+    def _spool_or_drop(self, events: list[Event]) -> None:
+        written = (
+            self._spool.append([_message(event) for event in events])
+            if self._spool is not None
+            else 0
+        )
+        rest = events[written:]
         with self._cond:
             self._counters.spooled += written
             if rest and not self._closing and not self._closed:
@@ -470,7 +503,14 @@ class Publisher:
                 self._buffer.extendleft(reversed(keep))
             if rest:
                 self._counters.dropped += len(rest)
-                _warn_drop(self._counters.dropped, "the spool is full")
+                _warn_drop(
+                    self._counters.dropped,
+                    "the spool is full" if self._spool is not None else "there is no spool",
+                )
+
+
+def _message(event: Event) -> SpooledMessage:
+    return SpooledMessage(str(event.get("type", "")), encode(event))
 
 
 def _batch(bodies: list[bytes]) -> tuple[str, bytes, str]:
