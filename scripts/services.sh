@@ -12,7 +12,9 @@
 # A service that still does not answer is an error, never a silent skip.
 # The fault-injection suite (`cargo test -p metrics-e2e --test faults`) also runs a private
 # PostgreSQL server and RabbitMQ node of its own, so their server programs (initdb, pg_ctl,
-# rabbitmq-server) are installed from the distribution's packages when missing.
+# rabbitmq-server) are installed from the distribution's packages when missing, and so are
+# Chromium and its WebDriver (chromium, chromium-driver) for the dashboard's browser test. With
+# TEST_TOOLS=0 (scripts/up.sh, which runs no tests) neither is installed.
 
 set -euo pipefail
 
@@ -118,9 +120,17 @@ ensure_server_programs() {
     apt_install rabbitmq-server
 }
 
+ensure_browser() {
+  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] && [ -x "${CHROMEDRIVER:-/usr/bin/chromedriver}" ] ||
+    apt_install chromium chromium-driver
+}
+
 ensure_services() {
   ensure_build_deps
-  ensure_server_programs
+  if [ "${TEST_TOOLS:-1}" != 0 ]; then
+    ensure_server_programs
+    ensure_browser
+  fi
   if postgres_answers && rabbitmq_answers; then
     return 0
   fi

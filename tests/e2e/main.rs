@@ -2,11 +2,16 @@
 //! free loopback ports against the real RabbitMQ and PostgreSQL (each test with its own database,
 //! exchange and queue), fed over AMQP with publisher confirms and read over HTTP.
 //!
+//! `up` runs the README's `scripts/up.sh` itself; `dashboard` drives the dashboard in headless
+//! Chromium.
+//!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers fail the test loudly, like the tests themselves"
 )]
 
+mod dashboard;
 mod loadgen;
 mod pipeline;
+mod up;

@@ -148,6 +148,22 @@ impl Service {
         )
     }
 
+    /// `metrics-query` on the test's database with no security key: the API is open.
+    pub fn query_open(db: &TestDatabase) -> Self {
+        let http = free_address();
+        Self::spawn(
+            "metrics-query",
+            &[],
+            vec![
+                ("METRICS_DATABASE__URL", db.url().to_owned()),
+                ("METRICS_HTTP__LISTEN", http.to_string()),
+                ("METRICS_HTTP__WORKERS", "2".to_owned()),
+            ],
+            free_address(),
+            Some(http),
+        )
+    }
+
     /// The service's output so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
