@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: brings up PostgreSQL and RabbitMQ when they do not answer
-# (scripts/services.sh), then runs the whole test suite against them and closes with one line
-# that adds up every test binary: `tests: N passed, N failed`.
+# (scripts/services.sh), then runs the whole test suite against them (the Rust tests, then Agno's
+# own client against the binaries: scripts/agno-client-tests.sh) and closes with one line that
+# adds up every test binary and the pytest run: `tests: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -11,6 +12,16 @@ mkdir -p target
 log=target/test-output.log
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# Agno's own Python client against the built binaries (tests/agno_client); its pytest summary
+# line ("N passed, M failed in ...") joins the total.
+scripts/agno-client-tests.sh 2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { passed += $4; failed += $6 }
+     /^(=+ )?[0-9]+ (passed|failed|errors?)[ ,]/ {
+         for (i = 2; i <= NF; i++) {
+             word = $i; sub(/,$/, "", word)
+             if (word == "passed") passed += $(i - 1)
+             if (word == "failed" || word == "errors" || word == "error") failed += $(i - 1)
+         }
+     }
      END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log" | tee target/test-summary.txt
 exit "$status"
