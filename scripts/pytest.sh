@@ -14,7 +14,7 @@
 # scripts/services.sh first, or let scripts/test.sh do it), the metrics-ingest and metrics-query
 # binaries of target/debug (`cargo build --bins` first; METRICS_BIN_DIR points elsewhere) and
 # rabbitmq-server for a private node. PYTHON names the interpreter (default python3, 3.11+).
-# The pytest summary is kept in target/pytest-output.log for scripts/test.sh's total.
+# scripts/test.sh adds the pytest summary line to its total.
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +66,6 @@ if [ -n "${LINT_ONLY:-}" ]; then
   exit "$status"
 fi
 echo "== pytest"
-../../"$VENV"/bin/python -m pytest -p no:cacheprovider "$@" 2>&1 | tee ../../target/pytest-output.log ||
+../../"$VENV"/bin/python -m pytest -p no:cacheprovider "$@" ||
   status=1
 exit "$status"

@@ -1,9 +1,11 @@
-//! The served OpenAPI document is the contract's: it cannot drift from `metrics-openapi.yaml`.
+//! The served OpenAPI document is the contract's (`metrics-openapi.yaml`) plus what
+//! `agentos-compat.md` adds: the `user_id` parameter of `GET /metrics`, `POST /metrics/refresh`
+//! and `GET /metrics/refresh/status`. It cannot drift from either.
 
 use std::path::{Path, PathBuf};
 
 use metrics_test_support::TestDatabase;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{TestApp, settings};
 
@@ -17,17 +19,134 @@ fn yaml(path: &Path) -> Value {
     serde_norway::from_str(&text).unwrap()
 }
 
+/// The additions of `agentos-compat.md`, as the served document has them.
+const ADDED_PATHS: [&str; 2] = ["/metrics/refresh", "/metrics/refresh/status"];
+const ADDED_SCHEMAS: [&str; 3] = [
+    "MetricsRefreshResponse",
+    "MetricsRefreshStatusResponse",
+    "ForbiddenResponse",
+];
+
+fn parameter_names(operation: &Value) -> Vec<&str> {
+    operation["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|parameter| parameter["name"].as_str().unwrap())
+        .collect()
+}
+
 #[actix_web::test]
-async fn the_served_document_is_the_contract() {
+async fn the_served_document_is_the_contract_plus_the_agentos_additions() {
     let db = TestDatabase::migrated();
     let app = TestApp::spawn(settings(db.url()));
 
     let reply = app.get("/openapi.json", &[]).await;
     assert_eq!(reply.status.as_u16(), 200);
     assert_eq!(reply.header("content-type"), Some("application/json"));
+    let served = reply.json();
+
+    // GET /metrics: the seed's operation plus `user_id`.
+    let get = &served["paths"]["/metrics"]["get"];
     assert_eq!(
-        reply.json(),
+        parameter_names(get),
+        ["starting_date", "ending_date", "db_id", "table", "user_id"]
+    );
+    let user_id = &get["parameters"][4];
+    assert_eq!(
+        (
+            &user_id["in"],
+            &user_id["required"],
+            &user_id["schema"]["anyOf"][0]
+        ),
+        (
+            &json!("query"),
+            &json!(false),
+            &json!({"type": "string", "maxLength": 256})
+        )
+    );
+
+    // The new routes, with the parameters and statuses the handlers have.
+    let refresh = &served["paths"]["/metrics/refresh"]["post"];
+    assert_eq!(refresh["operationId"], "refresh_metrics");
+    assert_eq!(
+        parameter_names(refresh),
+        ["db_id", "table", "user_id", "background"]
+    );
+    let status = &served["paths"]["/metrics/refresh/status"]["get"];
+    assert_eq!(status["operationId"], "get_metrics_refresh_status");
+    assert_eq!(parameter_names(status), ["db_id", "table"]);
+    let statuses = |operation: &Value| -> Vec<String> {
+        operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        statuses(refresh),
+        ["200", "202", "401", "403", "404", "422", "500"]
+    );
+    assert_eq!(statuses(status), ["200", "401", "403", "404", "422", "500"]);
+
+    // Without the additions, the document is the contract, byte for byte in meaning.
+    let mut reduced = served.clone();
+    reduced["paths"]["/metrics"]["get"]["parameters"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    for path in ADDED_PATHS {
+        reduced["paths"].as_object_mut().unwrap().remove(path);
+    }
+    for schema in ADDED_SCHEMAS {
+        reduced["components"]["schemas"]
+            .as_object_mut()
+            .unwrap()
+            .remove(schema);
+    }
+    assert_eq!(
+        reduced,
         yaml(&workspace_root().join("docs/metrics-openapi.yaml"))
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_added_schemas_describe_the_added_answers() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+    let served = app.get("/openapi.json", &[]).await.json();
+    let schemas = &served["components"]["schemas"];
+    let required = |name: &str| -> Vec<&str> {
+        schemas[name]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|key| key.as_str().unwrap())
+            .collect()
+    };
+    let status = app.get("/metrics/refresh/status", &[]).await.json();
+    let mut keys: Vec<&str> = status
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut documented = required("MetricsRefreshStatusResponse");
+    documented.sort_unstable();
+    assert_eq!(keys, documented);
+    let started = app.post("/metrics/refresh?background=true", &[]).await;
+    assert_eq!(started.status.as_u16(), 202);
+    assert_eq!(
+        served["paths"]["/metrics/refresh"]["post"]["responses"]["202"]["content"]["application/json"]
+            ["example"],
+        started.json()
+    );
+    assert_eq!(
+        schemas["ForbiddenResponse"]["example"],
+        json!({"detail": "Insufficient permissions", "error_code": "FORBIDDEN"})
     );
     app.stop().await;
 }
