@@ -29,7 +29,7 @@ pub use apply::{ApplyReport, EventOutcome, apply};
 pub use error::{ApplyError, MigrateError, PoolError};
 pub use migrate::{migrate, revert_all};
 pub use models::{DailyMetrics, ModelCount};
-pub use pool::{Pool, PooledConnection, connect};
+pub use pool::{ConnectionLimits, Pool, PooledConnection, connect};
 pub use read::{DateRange, MetricsPage, latest_change, read};
 pub use rebuild::{RebuildReport, rebuild};
 pub use tables::{InvalidTableName, TableId, TableName, register_table};
