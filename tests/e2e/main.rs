@@ -8,5 +8,6 @@
     reason = "test helpers fail the test loudly, like the tests themselves"
 )]
 
+mod hostile;
 mod loadgen;
 mod pipeline;
