@@ -12,6 +12,7 @@
 )]
 
 mod dashboard;
+mod hostile;
 mod loadgen;
 mod pipeline;
 mod up;

@@ -17,9 +17,18 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// Whether retrying the same batch later can succeed. Connection loss, a server shutting
-    /// down, lock and serialization conflicts all pass; a constraint violation or an overflow
-    /// would fail the same way again.
+    /// Whether retrying the same batch later can succeed, decided by what the failure means.
+    ///
+    /// PostgreSQL says it in the SQLSTATE (PostgreSQL documentation, appendix A), and diesel
+    /// reports the classes that matter here as [`DatabaseErrorKind`]: integrity constraint
+    /// violations (class 23) are the event's fault and fail the same way again; connection
+    /// exceptions (class 08, or a connection libpq found broken), serialization failures
+    /// (40001) and a read-only server mid-failover (25006) pass. A statement diesel could not
+    /// send went over a broken connection. Diesel 2.3 hides every other SQLSTATE (data
+    /// exceptions, deadlocks, lack of resources, operator intervention and timeouts alike) as
+    /// `Unknown`: those are retried, since a server-side problem must never dead-letter valid
+    /// events; the data exceptions an event could cause (a NUL in text, a sum past 2^63 - 1) are
+    /// refused before any statement is sent ([`ApplyError::Overflow`] and event decoding).
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Database(DieselError::DatabaseError(kind, _)) => !matches!(
@@ -28,7 +37,11 @@ impl ApplyError {
                     | DatabaseErrorKind::ForeignKeyViolation
                     | DatabaseErrorKind::NotNullViolation
                     | DatabaseErrorKind::CheckViolation
+                    | DatabaseErrorKind::RestrictViolation
+                    | DatabaseErrorKind::ExclusionViolation
             ),
+            // The event's values could not be encoded for PostgreSQL: the same again next time.
+            ApplyError::Database(DieselError::SerializationError(_)) => false,
             ApplyError::Database(_) => true,
             ApplyError::Overflow { .. } => false,
         }

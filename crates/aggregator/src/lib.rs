@@ -33,7 +33,7 @@ pub use apply::{ApplyReport, EventOutcome, apply};
 pub use error::{ApplyError, MigrateError, PoolError};
 pub use migrate::{migrate, revert_all};
 pub use models::{DailyMetrics, ModelCount};
-pub use pool::{Pool, PooledConnection, connect, connect_one};
+pub use pool::{ConnectionLimits, Pool, PooledConnection, connect, connect_one};
 pub use read::{DateRange, MetricsPage, latest_change, read, read_user};
 pub use rebuild::{RebuildReport, rebuild};
 pub use refresh::{

@@ -7,6 +7,7 @@
 //! was wrong, because it travels to the producer in the dead-letter header.
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
@@ -14,6 +15,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::event::{
     Event, EventKind, MAX_DATE, MIN_DATE, RUN_COMPLETED, RunCompleted, SESSION_CREATED,
@@ -87,6 +89,19 @@ pub struct Message {
     pub is_batch: bool,
     /// Each event, or why it was refused, in the order of the body.
     pub events: Vec<Result<Decoded, EventError>>,
+    /// Where each element of [`Message::events`] sits in the body, in bytes: the whole body for
+    /// a single event, the element's own JSON text for a batch. A dead letter carries exactly
+    /// these bytes (`events.md`), never a re-encoding.
+    pub spans: Vec<Range<usize>>,
+}
+
+impl Message {
+    /// The original bytes of element `index` of `body`, the body this message was decoded from.
+    pub fn element<'a>(&self, body: &'a [u8], index: usize) -> Option<&'a [u8]> {
+        self.spans
+            .get(index)
+            .and_then(|span| body.get(span.clone()))
+    }
 }
 
 /// Why a whole message body was refused.
@@ -183,29 +198,45 @@ pub fn decode_message(body: &[u8], limits: &Limits) -> Result<Message, MessageEr
             limit: limits.max_body_bytes,
         });
     }
+    // A batch is split into its elements' raw JSON first, so that each element's original bytes
+    // are known; then each element is parsed on its own.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(MessageError::NotJson)?;
+        if items.len() > limits.max_batch_events {
+            return Err(MessageError::BatchTooLarge {
+                len: items.len(),
+                limit: limits.max_batch_events,
+            });
+        }
+        let mut spans = Vec::with_capacity(items.len());
+        let mut values = Vec::with_capacity(items.len());
+        for item in items {
+            let text = item.get();
+            // A `&RawValue` borrows its text from `body`, so its offset is its address there.
+            let start = (text.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+            spans.push(start..start + text.len());
+            // The raw text is well-formed JSON; only nesting past serde_json's recursion limit
+            // can fail here, and that refuses the whole body as it would a single event.
+            values.push(serde_json::from_str::<Value>(text).map_err(MessageError::NotJson)?);
+        }
+        let events = values
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| decode_event(item, Some(index), limits))
+            .collect();
+        return Ok(Message {
+            is_batch: true,
+            events,
+            spans,
+        });
+    }
     let value: Value = serde_json::from_slice(body).map_err(MessageError::NotJson)?;
     match value {
         Value::Object(_) => Ok(Message {
             is_batch: false,
             events: vec![decode_event(value, None, limits)],
+            spans: std::iter::once(0..body.len()).collect(),
         }),
-        Value::Array(items) => {
-            if items.len() > limits.max_batch_events {
-                return Err(MessageError::BatchTooLarge {
-                    len: items.len(),
-                    limit: limits.max_batch_events,
-                });
-            }
-            let events = items
-                .into_iter()
-                .enumerate()
-                .map(|(index, item)| decode_event(item, Some(index), limits))
-                .collect();
-            Ok(Message {
-                is_batch: true,
-                events,
-            })
-        }
         other => Err(MessageError::NotEventOrBatch {
             found: json_kind(&other),
         }),
@@ -331,7 +362,16 @@ pub fn decode_event(
         .get("id")
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty())
-        .map(str::to_owned);
+        // A NUL would travel into the dead-letter header and the log; quote it escaped.
+        .map(|id| id.replace('\0', "\\u0000"));
+    // PostgreSQL text cannot hold a NUL (`events.md`: a NUL anywhere is bad input). Refusing it
+    // here keeps it from ever reaching the database, where it would fail the whole batch.
+    if let Some(field) = nul_path(&value) {
+        return Err(cx.error(
+            (!field.is_empty()).then_some(field.as_str()),
+            "contains a NUL character (\\u0000), which cannot be stored",
+        ));
+    }
     let envelope: Envelope = cx.deserialize(None, value)?;
 
     if envelope.specversion != SPEC_VERSION {
@@ -535,6 +575,33 @@ fn count(cx: &Context, name: &str, value: Option<u64>) -> Result<i64, EventError
             format!("is over the largest count, {}", i64::MAX),
         )
     })
+}
+
+/// The dotted path of the first string (or object key) holding a NUL character, if any: `""` for
+/// the top level, `data.session_id`, `data.tags[2]`.
+fn nul_path(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => text.contains('\0').then(String::new),
+        Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+            nul_path(item).map(|rest| format!("[{index}]{}", dotted(&rest)))
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                return Some(key.replace('\0', "\\u0000"));
+            }
+            nul_path(item).map(|rest| format!("{key}{}", dotted(&rest)))
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+/// `rest` joined to a parent path: indexes attach directly, names after a dot.
+fn dotted(rest: &str) -> String {
+    if rest.is_empty() || rest.starts_with('[') {
+        rest.to_owned()
+    } else {
+        format!(".{rest}")
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
 use actix_web::http::StatusCode;
@@ -14,6 +14,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use lapin::Channel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tracing::error;
 
 use crate::database::Database;
 use crate::telemetry::Metrics;
@@ -24,16 +25,76 @@ pub struct Health {
     channel: Mutex<Option<Channel>>,
     draining: AtomicBool,
     database: Arc<Database>,
+    progress: Mutex<Progress>,
+    stall_timeout: Duration,
+}
+
+/// Whether the consumer is getting anywhere: since when the batch in hand has been waiting to be
+/// settled, and the last reason it could not be.
+#[derive(Debug, Default)]
+struct Progress {
+    busy_since: Option<Instant>,
+    last_error: Option<String>,
+    reported: bool,
 }
 
 impl Health {
-    /// Not ready until a channel is set.
-    pub fn new(database: Arc<Database>) -> Self {
+    /// Not ready until a channel is set; not ready either while a batch has waited more than
+    /// `stall_timeout` to be settled.
+    pub fn new(database: Arc<Database>, stall_timeout: Duration) -> Self {
         Self {
             channel: Mutex::new(None),
             draining: AtomicBool::new(false),
             database,
+            progress: Mutex::new(Progress::default()),
+            stall_timeout,
         }
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A batch is being written: the clock of [`Health::check`]'s stall test starts, unless it
+    /// already runs for an earlier batch still unsettled.
+    pub fn batch_started(&self) {
+        self.progress().busy_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Why the batch in hand could not be settled yet (kept for the probe and the log).
+    pub fn batch_failed(&self, reason: String) {
+        self.progress().last_error = Some(reason);
+    }
+
+    /// A batch was settled: the consumer makes progress.
+    pub fn batch_settled(&self) {
+        *self.progress() = Progress::default();
+    }
+
+    /// Why the consumer has made no progress for longer than the stall timeout, if it has not.
+    pub fn stalled(&self) -> Option<String> {
+        let mut progress = self.progress();
+        let waited = progress.busy_since?.elapsed();
+        if waited < self.stall_timeout {
+            return None;
+        }
+        let reason = format!(
+            "no batch settled for {} s: {}",
+            waited.as_secs(),
+            progress
+                .last_error
+                .as_deref()
+                .unwrap_or("the batch in hand is still being written")
+        );
+        if !progress.reported {
+            progress.reported = true;
+            error!(
+                stalled_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                reason = %reason,
+                "the consumer makes no progress; reporting not ready"
+            );
+        }
+        Some(reason)
     }
 
     /// Sets (or clears) the consuming channel.
@@ -47,9 +108,12 @@ impl Health {
     }
 
     /// `Ok` when ready, else why not.
-    pub async fn check(&self) -> Result<(), &'static str> {
+    pub async fn check(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
-            return Err("draining");
+            return Err("draining".to_owned());
+        }
+        if let Some(reason) = self.stalled() {
+            return Err(reason);
         }
         let connected = self
             .channel
@@ -58,10 +122,10 @@ impl Health {
             .as_ref()
             .is_some_and(|channel| channel.status().connected());
         if !connected {
-            return Err("no usable AMQP channel");
+            return Err("no usable AMQP channel".to_owned());
         }
         if !self.database.is_usable().await {
-            return Err("database unreachable");
+            return Err("database unreachable".to_owned());
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
-use metrics_aggregator::TableName;
+use metrics_aggregator::{ConnectionLimits, TableName};
+use metrics_backoff::Backoff;
 use metrics_events::Limits;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -52,8 +53,22 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// Wait for a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Longest statement, lock wait or idle transaction, in milliseconds.
+    pub statement_timeout_ms: u64,
+    /// Longest silence of the network (`tcp_user_timeout`, keepalives), in milliseconds.
+    pub tcp_timeout_ms: u64,
     /// The metrics table events are counted into.
     pub table: String,
+}
+
+impl DatabaseSettings {
+    /// The limits every connection gets.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            tcp_timeout: Duration::from_millis(self.tcp_timeout_ms),
+        }
+    }
 }
 
 /// `[amqp]`.
@@ -71,6 +86,8 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     /// Wait for the broker to accept a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// The heartbeat asked for, in seconds, when the URL names none.
+    pub heartbeat_s: u16,
 }
 
 /// `[batch]`.
@@ -118,6 +135,9 @@ pub struct ShutdownSettings {
 pub struct AdminSettings {
     /// Listen address, `host:port`; port 0 picks a free one.
     pub listen: String,
+    /// How long a batch may wait to be settled before `/readyz` reports not ready, in
+    /// milliseconds.
+    pub stall_timeout_ms: u64,
 }
 
 /// `[log]`.
@@ -200,6 +220,16 @@ impl Settings {
             "database.connect_timeout_ms",
             "must be at least 1",
         )?;
+        check(
+            self.database.statement_timeout_ms >= 1,
+            "database.statement_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            self.database.tcp_timeout_ms >= 1000,
+            "database.tcp_timeout_ms",
+            "must be at least 1000",
+        )?;
         self.table_name()?;
         lapin::uri::AMQPUri::from_str(self.amqp.url.expose_secret()).map_err(|_| {
             invalid(
@@ -276,6 +306,11 @@ impl Settings {
             "must be at least 1",
         )?;
         self.admin_listen()?;
+        check(
+            self.admin.stall_timeout_ms >= 1,
+            "admin.stall_timeout_ms",
+            "must be at least 1",
+        )?;
         check(!self.log.level.is_empty(), "log.level", "must not be empty")?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| invalid("log.level", format!("is not a log filter ({err})")))?;
@@ -332,10 +367,13 @@ impl AmqpSettings {
 }
 
 impl BackoffSettings {
-    /// The wait before attempt `failures + 1`: `min_ms` doubled per failure, capped at `max_ms`.
-    pub fn delay(&self, failures: u32) -> Duration {
-        let factor = 1u64 << failures.min(20);
-        Duration::from_millis(self.min_ms.saturating_mul(factor).min(self.max_ms))
+    /// The retry policy these settings describe: from `min_ms` doubling up to `max_ms`, with
+    /// jitter, reset after `max_ms` of success (see `metrics_backoff`).
+    pub fn policy(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.min_ms),
+            Duration::from_millis(self.max_ms),
+        )
     }
 }
 
@@ -429,6 +467,27 @@ mod tests {
     }
 
     #[test]
+    fn strings_that_look_like_numbers_or_booleans_stay_as_written() {
+        for written in ["007", "1e3", "true", "-0"] {
+            let settings = Settings::from_sources(
+                None,
+                env(&[
+                    ("METRICS_AMQP__EXCHANGE", written),
+                    ("METRICS_AMQP__QUEUE", written),
+                    ("METRICS_LOG__LEVEL", "info"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(settings.amqp.exchange, written);
+            assert_eq!(settings.amqp.queue, written);
+        }
+        // Where a setting is a number, the string is parsed as one.
+        let settings =
+            Settings::from_sources(None, env(&[("METRICS_AMQP__PREFETCH", "0700")])).unwrap();
+        assert_eq!(settings.amqp.prefetch, 700);
+    }
+
+    #[test]
     fn a_file_sits_between_defaults_and_environment() {
         let dir =
             std::env::temp_dir().join(format!("metrics-ingest-config-{}", std::process::id()));
@@ -493,16 +552,17 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let backoff = BackoffSettings {
+    fn backoff_waits_lie_between_the_settings() {
+        let mut backoff = BackoffSettings {
             min_ms: 100,
             max_ms: 1000,
-        };
-        assert_eq!(backoff.delay(0), Duration::from_millis(100));
-        assert_eq!(backoff.delay(1), Duration::from_millis(200));
-        assert_eq!(backoff.delay(3), Duration::from_millis(800));
-        assert_eq!(backoff.delay(4), Duration::from_millis(1000));
-        assert_eq!(backoff.delay(u32::MAX), Duration::from_millis(1000));
+        }
+        .policy();
+        for _ in 0..30 {
+            let wait = backoff.next_wait();
+            assert!(wait >= Duration::from_millis(100) && wait <= Duration::from_millis(1000));
+        }
+        assert_eq!(backoff.sustained(), Duration::from_millis(1000));
     }
 
     #[test]

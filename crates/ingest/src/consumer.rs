@@ -19,7 +19,9 @@
 //!   (the broker requeues what was unacknowledged) and a new session connects, redeclares the
 //!   topology and consumes again.
 
-use std::sync::Arc;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -28,8 +30,10 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use metrics_aggregator::EventOutcome;
+use metrics_backoff::Backoff;
 use metrics_events::{Decoded, Event, Message, MessageError, decode_message};
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
@@ -73,24 +77,36 @@ pub struct Context {
     pub metrics: Metrics,
     /// Readiness.
     pub health: Arc<Health>,
+    /// The waits between attempts to write to PostgreSQL, shared by every batch so that the
+    /// escalation survives from one batch to the next until the database has worked for a while.
+    pub database_backoff: Mutex<Backoff>,
+}
+
+impl Context {
+    fn database_backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.database_backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Consumes until `shutdown` is cancelled, reconnecting with backoff after every failure. On
 /// shutdown it stops consuming, settles the batch in hand and closes channel and connection.
 pub async fn run(context: Arc<Context>, shutdown: CancellationToken) {
-    let mut failures: u32 = 0;
+    let mut backoff = context.settings.backoff.policy();
     let mut sessions: u64 = 0;
     while !shutdown.is_cancelled() {
-        let result = session(&context, &shutdown, &mut failures, sessions).await;
+        let result = session(&context, &shutdown, &mut backoff, sessions).await;
         sessions += 1;
         context.health.set_channel(None);
+        // The unsettled batch went back to the queue with the connection.
+        context.health.batch_settled();
         context.metrics.set_ready(false);
         match result {
             Ok(()) => break,
             Err(_) if shutdown.is_cancelled() => break,
             Err(err) => {
-                let delay = context.settings.backoff.delay(failures);
-                failures = failures.saturating_add(1);
+                let delay = backoff.next_wait();
                 warn!(
                     error = %error_chain(&err),
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -110,12 +126,17 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) {
 async fn session(
     context: &Arc<Context>,
     shutdown: &CancellationToken,
-    failures: &mut u32,
+    backoff: &mut Backoff,
     sessions: u64,
 ) -> Result<(), SessionError> {
     let amqp = &context.settings.amqp;
-    let connect = Connection::connect(
-        amqp.url.expose_secret(),
+    let mut uri =
+        AMQPUri::from_str(amqp.url.expose_secret()).map_err(|_| SessionError::InvalidUrl)?;
+    // Heartbeats find a frozen connection (AMQP 0-9-1, section 4.2.7): lapin closes one that
+    // was silent for two of them.
+    uri.query.heartbeat.get_or_insert(amqp.heartbeat_s);
+    let connect = Connection::connect_uri(
+        uri,
         ConnectionProperties::default().with_connection_name("metrics-ingest".into()),
     );
     let connection = tokio::select! {
@@ -124,7 +145,7 @@ async fn session(
             .map_err(|_| SessionError::Timeout { action: "connecting" })?
             .map_err(SessionError::amqp("connecting"))?,
     };
-    let result = consume_on(context, shutdown, failures, sessions, &connection).await;
+    let result = consume_on(context, shutdown, backoff, sessions, &connection).await;
     context.health.set_channel(None);
     let _ = timeout(
         CLOSE_TIMEOUT,
@@ -137,7 +158,7 @@ async fn session(
 async fn consume_on(
     context: &Arc<Context>,
     shutdown: &CancellationToken,
-    failures: &mut u32,
+    backoff: &mut Backoff,
     sessions: u64,
     connection: &Connection,
 ) -> Result<(), SessionError> {
@@ -155,7 +176,7 @@ async fn consume_on(
     if sessions > 0 {
         context.metrics.reconnected("amqp");
     }
-    *failures = 0;
+    backoff.succeeded();
     context.health.set_channel(Some(channel.clone()));
     context.metrics.set_ready(true);
     info!(
@@ -165,6 +186,10 @@ async fn consume_on(
         "consuming"
     );
 
+    let publisher = DeadLetterChannel {
+        channel: publisher,
+        frame_max: connection.configuration().frame_max(),
+    };
     let result = consume(context, shutdown, &channel, &publisher, &mut consumer).await;
     let _ = timeout(
         CLOSE_TIMEOUT,
@@ -221,11 +246,19 @@ enum End {
     Closed(SessionError),
 }
 
+/// The channel dead letters are published on, in confirm mode, and the connection's frame size,
+/// which their headers must fit.
+#[derive(Clone)]
+struct DeadLetterChannel {
+    channel: Channel,
+    frame_max: u32,
+}
+
 async fn consume(
     context: &Arc<Context>,
     shutdown: &CancellationToken,
     channel: &Channel,
-    publisher: &Channel,
+    publisher: &DeadLetterChannel,
     consumer: &mut Consumer,
 ) -> Result<(), SessionError> {
     let mut in_flight = InFlight::default();
@@ -359,7 +392,7 @@ async fn gather(
             () = shutdown.cancelled() => return (batch, Some(End::Shutdown)),
             () = in_flight.finished(), if busy => {}
             next = consumer.next() => match next {
-                Some(Ok(mut delivery)) => {
+                Some(Ok(delivery)) => {
                     deadline.get_or_insert_with(|| Instant::now() + wait);
                     let span = debug_span!(
                         "delivery",
@@ -370,22 +403,16 @@ async fn gather(
                     )
                     .entered();
                     let decoded = decode_message(&delivery.data, &limits);
-                    if let Ok(Message { is_batch: false, events }) = &decoded
+                    if let Ok(Message { is_batch: false, events, .. }) = &decoded
                         && let Some(Ok(event)) = events.first()
                     {
                         span.record("event.id", event.id());
                     }
                     debug!(bytes = delivery.data.len(), redelivered = delivery.redelivered, "received");
                     drop(span);
-                    if let Ok(message) = &decoded {
-                        batch.events += message.events.len();
-                        // The body is kept only to dead-letter it; a valid message frees it now.
-                        if message.events.iter().all(Result::is_ok) {
-                            delivery.data = Vec::new();
-                        }
-                    } else {
-                        batch.events += 1;
-                    }
+                    // The body stays with the delivery until the batch is settled: an event the
+                    // database refuses for good is dead-lettered with its original bytes too.
+                    batch.events += decoded.as_ref().map_or(1, |message| message.events.len());
                     batch.deliveries.push(Pending { delivery, decoded });
                 }
                 Some(Err(err)) => {
@@ -405,8 +432,9 @@ async fn gather(
 struct DeadLetter {
     /// Index of its delivery in the batch.
     delivery: usize,
-    /// Its position in a batch message; `None` for the whole message.
-    element: Option<usize>,
+    /// The bytes of the delivery's body it carries, and whether they are one element of a batch;
+    /// `None` for the whole body.
+    element: Option<Range<usize>>,
     /// The `x-metrics-error` header.
     reason: String,
     /// The event id, for the log.
@@ -416,7 +444,7 @@ struct DeadLetter {
 /// Writes a batch, dead-letters its bad input, and acknowledges it all with one `multiple` ack.
 async fn process(
     context: Arc<Context>,
-    publisher: Channel,
+    publisher: DeadLetterChannel,
     batch: Batch,
     shutdown: CancellationToken,
 ) -> Result<(), SessionError> {
@@ -433,12 +461,12 @@ async fn process(
 
 async fn process_batch(
     context: &Arc<Context>,
-    publisher: &Channel,
+    publisher: &DeadLetterChannel,
     batch: Batch,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let mut events: Vec<Event> = Vec::with_capacity(batch.events);
-    let mut origins: Vec<(usize, Option<usize>)> = Vec::with_capacity(batch.events);
+    let mut origins: Vec<(usize, Option<Range<usize>>)> = Vec::with_capacity(batch.events);
     let mut dead_letters = Vec::new();
     let mut ignored = 0;
     let mut deliveries = Vec::with_capacity(batch.deliveries.len());
@@ -456,8 +484,13 @@ async fn process_batch(
                 continue;
             }
         };
-        for (position, element) in message.events.into_iter().enumerate() {
-            let element_index = message.is_batch.then_some(position);
+        let Message {
+            is_batch,
+            events: elements,
+            spans,
+        } = message;
+        for (element, span) in elements.into_iter().zip(spans) {
+            let element_index = is_batch.then_some(span);
             match element {
                 Ok(Decoded::Event(event)) => {
                     events.push(event);
@@ -483,6 +516,7 @@ async fn process_batch(
     let Some(last) = deliveries.last() else {
         return Ok(());
     };
+    context.health.batch_started();
 
     let (applied, published) = tokio::join!(
         write(context, events, shutdown),
@@ -520,6 +554,7 @@ async fn process_batch(
     if !acked {
         return Err(SessionError::ChannelClosed);
     }
+    context.health.batch_settled();
     let metrics = &context.metrics;
     metrics.count(Outcome::Applied, counted);
     metrics.count(Outcome::Duplicate, duplicates);
@@ -600,6 +635,7 @@ async fn write_with_retry(
         metrics.observe_apply(elapsed.as_secs_f64());
         match result {
             Ok(report) => {
+                context.database_backoff().succeeded();
                 metrics.observe_batch(events.len());
                 if failures > 0 {
                     metrics.reconnected("database");
@@ -609,7 +645,13 @@ async fn write_with_retry(
             }
             Err(err) if err.is_transient() => {
                 metrics.count(Outcome::Retried, events.len());
-                let delay = context.settings.backoff.delay(failures);
+                context.health.batch_failed(format!(
+                    "writing a batch to PostgreSQL fails: {}",
+                    error_chain(&err)
+                ));
+                // Logs once when the wait passes the stall timeout, probed or not.
+                let _ = context.health.stalled();
+                let delay = context.database_backoff().next_wait();
                 failures = failures.saturating_add(1);
                 // Logged once per outage, not once per attempt.
                 if failures == 1 {
@@ -641,7 +683,7 @@ async fn write_with_retry(
 /// loses it.
 async fn publish_dead_letters(
     context: &Context,
-    publisher: &Channel,
+    publisher: &DeadLetterChannel,
     deliveries: &[lapin::message::Delivery],
     dead_letters: &[DeadLetter],
 ) -> Result<(), SessionError> {
@@ -649,35 +691,25 @@ async fn publish_dead_letters(
         return Ok(());
     }
     let exchange = context.topology.dead_letter_exchange.as_str();
-    let mut elements: Option<(usize, Vec<serde_json::Value>)> = None;
     let mut confirms = Vec::with_capacity(dead_letters.len());
     for dead in dead_letters {
         let Some(delivery) = deliveries.get(dead.delivery) else {
             continue;
         };
         let mut properties = delivery.properties.clone();
-        let body = match dead.element {
-            None => delivery.data.clone(),
-            Some(position) => {
-                if elements
-                    .as_ref()
-                    .is_none_or(|(index, _)| *index != dead.delivery)
-                {
-                    let items = serde_json::from_slice(&delivery.data).unwrap_or_default();
-                    elements = Some((dead.delivery, items));
-                }
+        // The original bytes, never a re-encoding (`events.md`): the whole body, or the batch
+        // element's own JSON text.
+        let body = match &dead.element {
+            None => delivery.data.as_slice(),
+            Some(span) => {
                 properties = properties.with_content_type(EVENT_CONTENT_TYPE.into());
-                elements
-                    .as_ref()
-                    .and_then(|(_, items)| items.get(position))
-                    .and_then(|item| serde_json::to_vec(item).ok())
-                    .unwrap_or_default()
+                delivery.data.get(span.clone()).unwrap_or_default()
             }
         };
-        let mut headers = properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            ERROR_HEADER.into(),
-            AMQPValue::LongString(LongString::from(dead.reason.as_str())),
+        let headers = dead_letter_headers(
+            properties.headers().as_ref(),
+            &dead.reason,
+            header_budget(publisher.frame_max),
         );
         properties = properties.with_headers(headers);
         if properties.delivery_mode().is_none() {
@@ -690,11 +722,17 @@ async fn publish_dead_letters(
             "dead-lettering bad input"
         );
         let confirm = publisher
+            .channel
             .basic_publish(
                 exchange.into(),
                 delivery.routing_key.clone(),
-                BasicPublishOptions::default(),
-                &body,
+                // `mandatory`: a dead letter that no queue takes comes back (`basic.return`)
+                // and is an error, never a silent drop (AMQP 0-9-1 reference, `basic.publish`).
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
                 properties,
             )
             .await
@@ -711,8 +749,101 @@ async fn publish_dead_letters(
         if !confirmation.is_ack() {
             return Err(SessionError::DeadLetterRefused);
         }
+        if confirmation.take_message().is_some() {
+            return Err(SessionError::DeadLetterUnroutable);
+        }
     }
     Ok(())
+}
+
+/// Room for a dead letter's headers in a `frame_max` content-header frame: the frame's own
+/// fields and every other property (short strings of at most 255 bytes each) come first.
+fn header_budget(frame_max: u32) -> usize {
+    usize::try_from(frame_max)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(OTHER_PROPERTIES_BYTES)
+}
+
+/// The encoded size of the header frame's fixed parts plus every property other than
+/// `headers` at its largest: 14 short strings, the timestamp, the two octets and the flags.
+const OTHER_PROPERTIES_BYTES: usize = 8 + 14 + 14 * 256 + 8 + 2 + 2;
+
+/// The header recording how many of the original headers were left off a dead letter.
+pub const DROPPED_HEADERS_HEADER: &str = "x-metrics-dropped-headers";
+
+/// The original's headers plus `x-metrics-error`, within `budget` encoded bytes: the content
+/// header must fit in one frame (AMQP 0-9-1, section 4.2.6.1), or the broker closes the
+/// connection and the dead letter could never be published. The largest original headers are
+/// left off first, and their number recorded in `x-metrics-dropped-headers`.
+fn dead_letter_headers(original: Option<&FieldTable>, reason: &str, budget: usize) -> FieldTable {
+    let mut kept: Vec<(ShortString, AMQPValue)> = original
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter(|(key, _)| key.as_str() != ERROR_HEADER)
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let reason = AMQPValue::LongString(LongString::from(reason));
+    let marker = AMQPValue::LongLongInt(0);
+    let entry = |key: &str, value: &AMQPValue| 1 + key.len() + encoded_size(value);
+    let mut size = 4
+        + entry(ERROR_HEADER, &reason)
+        + kept
+            .iter()
+            .map(|(key, value)| entry(key.as_str(), value))
+            .sum::<usize>();
+    let mut dropped: i64 = 0;
+    if size > budget {
+        size += entry(DROPPED_HEADERS_HEADER, &marker);
+        kept.sort_by_key(|(key, value)| entry(key.as_str(), value));
+        while size > budget {
+            let Some((key, value)) = kept.pop() else {
+                break;
+            };
+            size -= entry(key.as_str(), &value);
+            dropped += 1;
+        }
+    }
+    let mut headers = FieldTable::default();
+    for (key, value) in kept {
+        headers.insert(key, value);
+    }
+    headers.insert(ERROR_HEADER.into(), reason);
+    if dropped > 0 {
+        headers.insert(
+            DROPPED_HEADERS_HEADER.into(),
+            AMQPValue::LongLongInt(dropped),
+        );
+    }
+    headers
+}
+
+/// The encoded size of a field value with its type octet (AMQP 0-9-1, section 4.2.5.5).
+fn encoded_size(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+        AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+        AMQPValue::ByteArray(bytes) => 4 + bytes.as_slice().len(),
+        AMQPValue::FieldArray(items) => {
+            4 + items.as_slice().iter().map(encoded_size).sum::<usize>()
+        }
+        AMQPValue::FieldTable(table) => {
+            4 + table
+                .inner()
+                .iter()
+                .map(|(key, value)| 1 + key.as_str().len() + encoded_size(value))
+                .sum::<usize>()
+        }
+        AMQPValue::Void => 0,
+    }
 }
 
 /// An error and its sources, joined by `: `.

@@ -35,13 +35,19 @@ pub enum DatabaseError {
     /// The blocking worker panicked.
     #[error("the database worker stopped")]
     Worker(#[source] tokio::task::JoinError),
+    /// No answer within the deadline: a connection frozen without being closed (packets
+    /// dropped) leaves libpq waiting; the worker is abandoned and the pool replaced.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl DatabaseError {
     /// Whether trying the same batch again later can succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            DatabaseError::Connect(_) | DatabaseError::Register(_) => true,
+            DatabaseError::Connect(_) | DatabaseError::Register(_) | DatabaseError::Timeout(_) => {
+                true
+            }
             DatabaseError::Apply(err) => err.is_transient(),
             DatabaseError::Worker(_) => false,
         }
@@ -54,6 +60,7 @@ pub struct Database {
     url: SecretString,
     pool_size: u32,
     connect_timeout: Duration,
+    deadline: Duration,
     table: TableName,
     pool: Mutex<Pool>,
     table_id: Mutex<Option<TableId>>,
@@ -70,15 +77,18 @@ impl Database {
         table: TableName,
     ) -> Result<Self, metrics_aggregator::PoolError> {
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
-        let pool = metrics_aggregator::connect(
-            settings.url.expose_secret(),
-            settings.pool_size,
-            connect_timeout,
-        )?;
+        let limits = settings.limits();
+        let url = SecretString::from(limits.apply_to(settings.url.expose_secret()));
+        let pool =
+            metrics_aggregator::connect(url.expose_secret(), settings.pool_size, connect_timeout)?;
         Ok(Self {
-            url: settings.url.clone(),
+            url,
             pool_size: settings.pool_size,
             connect_timeout,
+            // The server ends a statement at its timeout and TCP gives up on a dead peer at
+            // the other: past both (and a connection attempt), the worker is stuck on a
+            // connection that neither closes nor answers.
+            deadline: connect_timeout + limits.statement_timeout + limits.tcp_timeout,
             table,
             pool: Mutex::new(pool),
             table_id: Mutex::new(None),
@@ -115,10 +125,13 @@ impl Database {
     ) -> (Result<ApplyReport, DatabaseError>, Duration) {
         let database = Arc::clone(self);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || database.apply_blocking(&events))
-            .await
-            .map_err(DatabaseError::Worker)
-            .and_then(|result| result);
+        let worker = tokio::task::spawn_blocking(move || database.apply_blocking(&events));
+        let result = match tokio::time::timeout(self.deadline, worker).await {
+            Ok(joined) => joined
+                .map_err(DatabaseError::Worker)
+                .and_then(|result| result),
+            Err(_) => Err(DatabaseError::Timeout(self.deadline)),
+        };
         let elapsed = started.elapsed();
         if result.is_err() {
             self.reset();

@@ -37,6 +37,13 @@ pub enum SessionError {
     /// The broker refused (nacked) a dead letter, so the original cannot be acknowledged.
     #[error("RabbitMQ refused a dead letter")]
     DeadLetterRefused,
+    /// No queue took a dead letter (the dead-letter queue or its binding is gone); the
+    /// original stays unacknowledged, and the next session declares the topology again.
+    #[error("RabbitMQ returned a dead letter as unroutable")]
+    DeadLetterUnroutable,
+    /// `amqp.url` does not parse (validated at start, so not expected).
+    #[error("the AMQP URL does not parse")]
+    InvalidUrl,
     /// The consumer was cancelled by the broker (queue deleted, node shutting down).
     #[error("RabbitMQ cancelled the consumer")]
     ConsumerCancelled,

@@ -52,13 +52,17 @@ impl Application {
             Database::new(&settings.database, table).context("preparing the database pool")?,
         );
         let metrics = Metrics::new();
-        let health = Arc::new(Health::new(Arc::clone(&database)));
+        let health = Arc::new(Health::new(
+            Arc::clone(&database),
+            Duration::from_millis(settings.admin.stall_timeout_ms),
+        ));
         let listener = TcpListener::bind(listen)
             .with_context(|| format!("binding the admin listener to {listen}"))?;
         let admin_port = listener.local_addr()?.port();
         let server = admin::serve(listener, Arc::clone(&health), metrics.clone())
             .context("starting the admin listener")?;
         let context = Arc::new(Context {
+            database_backoff: std::sync::Mutex::new(settings.backoff.policy()),
             topology: Topology::from_settings(&settings.amqp),
             settings,
             database,

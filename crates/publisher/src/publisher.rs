@@ -6,6 +6,7 @@ use lapin::PublisherConfirm;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use metrics_backoff::Backoff;
 use metrics_events::Event;
 use tokio::sync::Mutex;
 use tokio::time::{sleep, timeout};
@@ -24,9 +25,11 @@ pub struct PublisherOptions {
     pub window: usize,
     /// Attempts at one window before giving up: each failed attempt reconnects first.
     pub attempts: u32,
-    /// The first wait before reconnecting; it doubles up to `max_backoff`.
+    /// The first wait before reconnecting, plus jitter; it doubles up to `max_backoff`
+    /// (`metrics_backoff`, the policy metrics-ingest uses too).
     pub min_backoff: Duration,
-    /// The longest wait before reconnecting.
+    /// The longest wait before reconnecting; the waits start again from `min_backoff` once
+    /// publishing has worked this long.
     pub max_backoff: Duration,
     /// The longest wait for connecting or for a window's confirms.
     pub timeout: Duration,
@@ -85,6 +88,7 @@ pub struct Publisher {
     url: String,
     options: PublisherOptions,
     link: Mutex<Option<Link>>,
+    backoff: std::sync::Mutex<Backoff>,
 }
 
 impl Publisher {
@@ -97,6 +101,7 @@ impl Publisher {
         let link = open(url, &options).await?;
         Ok(Self {
             url: url.to_owned(),
+            backoff: std::sync::Mutex::new(Backoff::new(options.min_backoff, options.max_backoff)),
             options,
             link: Mutex::new(Some(link)),
         })
@@ -135,7 +140,6 @@ impl Publisher {
     }
 
     async fn publish_window(&self, window: &[OutgoingMessage]) -> Result<(), PublishError> {
-        let mut backoff = self.options.min_backoff;
         let mut attempt = 1;
         loop {
             let mut link = self.link.lock().await;
@@ -151,7 +155,10 @@ impl Publisher {
                 },
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.backoff().succeeded();
+                    return Ok(());
+                }
                 Err(err) if attempt >= self.options.attempts => return Err(err),
                 Err(err) => {
                     tracing::warn!(error = %err, attempt, "publishing failed; reconnecting");
@@ -162,12 +169,18 @@ impl Publisher {
                             .await;
                     }
                     drop(link);
-                    sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    let wait = self.backoff().next_wait();
+                    sleep(wait).await;
                     attempt += 1;
                 }
             }
         }
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn send(

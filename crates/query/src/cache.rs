@@ -15,7 +15,12 @@
 //! how long an entry can hide a write whose stamp did not move (a clock stepping back, rows edited
 //! by hand). Past it, one request re-reads while the others are still served the entry, so expiry
 //! never sends every waiting request to the database.
-//! Entries are bounded in number; the oldest goes first.
+//! Entries are bounded in number, and in size: a body larger than the bound is never stored; the
+//! oldest entry goes first.
+//!
+//! A stamp read that does not answer within the stamp timeout (a frozen connection) is given up
+//! on: its waiters get an error and read without the cache, and the next request starts a new
+//! stamp read instead of queueing behind the frozen one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -93,6 +98,8 @@ impl Drop for Running {
 pub struct PageCache {
     max_entries: usize,
     max_age: Duration,
+    max_body_bytes: usize,
+    stamp_timeout: Duration,
     entries: Mutex<HashMap<PageKey, Entry>>,
     batches: Mutex<HashMap<(usize, TableName), Batch>>,
 }
@@ -103,9 +110,25 @@ impl PageCache {
         Self {
             max_entries,
             max_age,
+            max_body_bytes: usize::MAX,
+            stamp_timeout: Duration::MAX,
             entries: Mutex::new(HashMap::with_capacity(max_entries)),
             batches: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Stores no body larger than `max_body_bytes`.
+    #[must_use]
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
+
+    /// Gives up on a stamp read after `stamp_timeout`.
+    #[must_use]
+    pub fn with_stamp_timeout(mut self, stamp_timeout: Duration) -> Self {
+        self.stamp_timeout = stamp_timeout;
+        self
     }
 
     /// The latest change of `table` in database `database` (reached through `pool`), from a
@@ -160,17 +183,26 @@ impl PageCache {
             };
             let pool = pool.clone();
             let table = key.1.clone();
-            let outcome: StampOutcome = web::block(move || -> anyhow::Result<_> {
+            let read = web::block(move || -> anyhow::Result<_> {
                 let mut conn = pool.get()?;
                 Ok(metrics_aggregator::latest_change(
                     &mut conn,
                     table.as_str(),
                 )?)
-            })
-            .await
-            .map_err(anyhow::Error::new)
-            .and_then(|outcome| outcome.context("reading the table's latest change"))
-            .map_err(Arc::new);
+            });
+            // A read stuck on a frozen connection keeps its blocking thread, but nobody waits
+            // for it past the timeout: its waiters get an error and the loop moves on.
+            let outcome: StampOutcome =
+                match tokio::time::timeout(self.stamp_timeout, read).await {
+                    Ok(joined) => joined
+                        .map_err(anyhow::Error::new)
+                        .and_then(|outcome| outcome.context("reading the table's latest change")),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "the table's latest change was not read within {} ms",
+                        self.stamp_timeout.as_millis()
+                    )),
+                }
+                .map_err(Arc::new);
             for waiter in waiters {
                 // A waiter whose request timed out has gone; the others still get the answer.
                 let _ = waiter.send(outcome.clone());
@@ -208,9 +240,14 @@ impl PageCache {
         entries.retain(|key, _| key.database != database || key.table != *table);
     }
 
-    /// Stores `body` for `key`, rendered from rows as of `stamp`.
+    /// Stores `body` for `key`, rendered from rows as of `stamp`, unless it is larger than the
+    /// bound (then an older entry for `key` goes too).
     pub fn put(&self, key: PageKey, stamp: DateTime<Utc>, body: Bytes) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if body.len() > self.max_body_bytes {
+            entries.remove(&key);
+            return;
+        }
         if entries.len() >= self.max_entries && !entries.contains_key(&key) {
             let oldest = entries
                 .iter()
@@ -319,6 +356,17 @@ mod tests {
             cache.get(&key(3), stamp),
             Some(Bytes::from_static(b"three"))
         );
+    }
+
+    #[test]
+    fn bodies_over_the_size_bound_are_never_stored() {
+        let cache = PageCache::new(2, Duration::from_secs(60)).with_max_body_bytes(3);
+        let stamp = DateTime::<Utc>::UNIX_EPOCH;
+        cache.put(key(1), stamp, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(&key(1), stamp), Some(Bytes::from_static(b"one")));
+        cache.put(key(1), stamp, Bytes::from_static(b"four"));
+        assert_eq!(cache.get(&key(1), stamp), None);
+        assert!(cache.entries.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Settings {
     pub databases: Vec<DatabaseSettings>,
     /// Most connections each database's pool holds.
     pub pool_size: u32,
+    /// Longest silence of the network on a database connection.
+    pub tcp_timeout: Duration,
     /// The response cache.
     pub cache: CacheSettings,
     /// Logging.
@@ -50,6 +52,8 @@ pub struct CacheSettings {
     pub entries: usize,
     /// Longest an entry is reused.
     pub max_age: Duration,
+    /// Largest body kept; larger ones are served, never stored.
+    pub max_body_bytes: usize,
 }
 
 /// The public API listener.
@@ -151,6 +155,7 @@ struct RawSettings {
 struct RawCache {
     entries: usize,
     max_age_ms: u64,
+    max_body_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,8 +192,27 @@ struct RawJwt {
 struct RawDatabase {
     id: String,
     url: SecretString,
-    tables: Vec<String>,
+    tables: RawTables,
     pool_size: u32,
+    tcp_timeout_ms: u64,
+}
+
+/// `tables`: a list in a file, a comma-separated string in the environment.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTables {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl RawTables {
+    fn into_names(self) -> Vec<String> {
+        match self {
+            RawTables::List(names) => names,
+            RawTables::Text(text) if text.is_empty() => Vec::new(),
+            RawTables::Text(text) => text.split(',').map(str::to_owned).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,13 +267,14 @@ impl Settings {
             .collect();
         let raw: RawSettings = builder
             .add_source(Environment::default().separator("__").source(Some(os_key)))
+            // Every value stays the string it was written as: keys, URLs and names are never
+            // coerced (`try_parsing` would turn a key `007` into `7` and `1e3` into `1000`).
+            // Numbers and booleans are parsed by deserialisation, only where the setting is
+            // one; `database.tables` splits its own comma-separated string.
             .add_source(
                 Environment::with_prefix("METRICS")
                     .prefix_separator("_")
                     .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("database.tables")
-                    .try_parsing(true)
                     .source(Some(metrics_env)),
             )
             .build()?
@@ -259,7 +284,7 @@ impl Settings {
 
     fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
         let default = DatabaseSettings {
-            tables: tables("database.tables", raw.database.tables)?,
+            tables: tables("database.tables", raw.database.tables.into_names())?,
             id: raw.database.id,
             url: raw.database.url,
         };
@@ -295,6 +320,9 @@ impl Settings {
         if raw.http.request_timeout_ms == 0 {
             return Err(invalid("http.request_timeout_ms", "must be at least 1"));
         }
+        if raw.database.tcp_timeout_ms < 1000 {
+            return Err(invalid("database.tcp_timeout_ms", "must be at least 1000"));
+        }
         let json = match raw.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -323,9 +351,11 @@ impl Settings {
             },
             databases,
             pool_size: raw.database.pool_size,
+            tcp_timeout: Duration::from_millis(raw.database.tcp_timeout_ms),
             cache: CacheSettings {
                 entries: raw.cache.entries,
                 max_age: Duration::from_millis(raw.cache.max_age_ms),
+                max_body_bytes: raw.cache.max_body_bytes,
             },
             log: LogSettings {
                 level: raw.log.level,
@@ -414,7 +444,8 @@ mod tests {
             settings.cache,
             CacheSettings {
                 entries: 32,
-                max_age: Duration::from_secs(1)
+                max_age: Duration::from_secs(1),
+                max_body_bytes: 1024 * 1024,
             }
         );
         assert!(settings.auth.security_key.is_none());
@@ -454,6 +485,36 @@ mod tests {
         assert_eq!(settings.http.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(settings.http.workers, 3);
         assert!(settings.log.json);
+    }
+
+    #[test]
+    fn strings_that_look_like_numbers_or_booleans_stay_as_written() {
+        for written in ["007", "1e3", "true", "0x1F", "-0", "1,2", " 42 "] {
+            let settings = Settings::load_from(
+                None,
+                env(&[
+                    ("METRICS_AUTH__SECURITY_KEY", written),
+                    ("METRICS_DATABASE__ID", written),
+                    ("METRICS_DATABASE__URL", written),
+                ]),
+            )
+            .unwrap();
+            let key = settings.auth.security_key.unwrap();
+            assert_eq!(key.expose_secret(), written);
+            assert_eq!(settings.databases[0].id, written);
+            assert_eq!(settings.databases[0].url.expose_secret(), written);
+        }
+        // Where a setting is a number, the string is parsed as one.
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("METRICS_HTTP__WORKERS", "007"),
+                ("METRICS_DATABASE__TABLES", "t007"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.http.workers, 7);
+        assert_eq!(settings.databases[0].tables[0].as_str(), "t007");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, Error, HttpServer, web};
 use anyhow::Context;
-use metrics_aggregator::{Pool, TableName};
+use metrics_aggregator::{ConnectionLimits, Pool, TableName};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
@@ -143,8 +143,12 @@ impl Application {
             .databases
             .iter()
             .map(|database| {
+                let limits = ConnectionLimits {
+                    statement_timeout: settings.http.request_timeout,
+                    tcp_timeout: settings.tcp_timeout,
+                };
                 let pool = metrics_aggregator::connect(
-                    database.url.expose_secret(),
+                    &limits.apply_to(database.url.expose_secret()),
                     settings.pool_size,
                     settings.http.request_timeout,
                 )
@@ -182,10 +186,11 @@ impl Application {
             request_timeout: settings.http.request_timeout,
             metrics: metrics.clone(),
             cache: (settings.cache.entries > 0).then(|| {
-                Arc::new(PageCache::new(
-                    settings.cache.entries,
-                    settings.cache.max_age,
-                ))
+                Arc::new(
+                    PageCache::new(settings.cache.entries, settings.cache.max_age)
+                        .with_max_body_bytes(settings.cache.max_body_bytes)
+                        .with_stamp_timeout(settings.http.request_timeout / 2),
+                )
             }),
         });
 

@@ -135,6 +135,29 @@ impl TestBroker {
         assert!(confirm.is_ack(), "the broker refused a test message");
     }
 
+    /// Publishes one message with the given properties (headers, content type) and waits for
+    /// the broker's confirm.
+    ///
+    /// # Panics
+    ///
+    /// When the broker refuses it.
+    pub async fn publish_with(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publishing to the test exchange")
+            .await
+            .expect("waiting for the publisher confirm");
+        assert!(confirm.is_ack(), "the broker refused a test message");
+    }
+
     /// Publishes many bodies, then waits for all confirms at once.
     ///
     /// # Panics

@@ -133,19 +133,24 @@ impl Service {
 
     /// `metrics-query` on the test's database, requiring [`KEY`].
     pub fn query(db: &TestDatabase) -> Self {
+        Self::query_with(db, &[("OS_SECURITY_KEY", KEY)])
+    }
+
+    /// `metrics-query` on the test's database with extra environment variables (and no key
+    /// unless they set one).
+    pub fn query_with(db: &TestDatabase, settings: &[(&str, &str)]) -> Self {
         let http = free_address();
-        Self::spawn(
-            "metrics-query",
-            &[],
-            vec![
-                ("METRICS_DATABASE__URL", db.url().to_owned()),
-                ("METRICS_HTTP__LISTEN", http.to_string()),
-                ("METRICS_HTTP__WORKERS", "2".to_owned()),
-                ("OS_SECURITY_KEY", KEY.to_owned()),
-            ],
-            free_address(),
-            Some(http),
-        )
+        let mut env = vec![
+            ("METRICS_DATABASE__URL", db.url().to_owned()),
+            ("METRICS_HTTP__LISTEN", http.to_string()),
+            ("METRICS_HTTP__WORKERS", "2".to_owned()),
+        ];
+        env.extend(
+            settings
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned())),
+        );
+        Self::spawn("metrics-query", &[], env, free_address(), Some(http))
     }
 
     /// `metrics-query` on the test's database with no security key: the API is open.

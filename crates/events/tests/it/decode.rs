@@ -682,3 +682,98 @@ fn absurd_times_are_refused_with_their_reason() {
         );
     }
 }
+
+/// A NUL is bad input wherever it sits (`events.md`): PostgreSQL text cannot hold it, so it must
+/// never reach the database. The reason names the field.
+#[test]
+fn a_nul_anywhere_in_an_event_is_refused_naming_the_field() {
+    let cases: [(&[&str], &str); 12] = [
+        (&["id"], "event `evt-2\\u0000x`: field `id`"),
+        (&["source"], "event `evt-2`: field `source`"),
+        (&["type"], "event `evt-2`: field `type`"),
+        (&["time"], "event `evt-2`: field `time`"),
+        (&["data", "run_id"], "event `evt-2`: field `data.run_id`"),
+        (
+            &["data", "session_id"],
+            "event `evt-2`: field `data.session_id`",
+        ),
+        (&["data", "user_id"], "event `evt-2`: field `data.user_id`"),
+        (
+            &["data", "parent_run_id"],
+            "event `evt-2`: field `data.parent_run_id`",
+        ),
+        (&["data", "model"], "event `evt-2`: field `data.model`"),
+        (
+            &["data", "model_provider"],
+            "event `evt-2`: field `data.model_provider`",
+        ),
+        (&["data", "note"], "event `evt-2`: field `data.note`"),
+        (
+            &["data", "metrics", "tags"],
+            "event `evt-2`: field `data.metrics.tags[1]`",
+        ),
+    ];
+    for (path, prefix) in cases {
+        let mut event = run_completed();
+        let mut target = &mut event;
+        for key in &path[..path.len() - 1] {
+            target = &mut target[*key];
+        }
+        let last = path[path.len() - 1];
+        target[last] = if last == "tags" {
+            json!(["fine", "bad\u{0}"])
+        } else {
+            json!(format!("{}\u{0}x", target[last].as_str().unwrap_or("v")))
+        };
+        assert_eq!(
+            error_of(&event),
+            format!("{prefix}: contains a NUL character (\\u0000), which cannot be stored"),
+            "{path:?}"
+        );
+    }
+    // In a key, and in an event of a type this version ignores.
+    let mut event = session_created();
+    event["data"]["a\u{0}b"] = json!(1);
+    assert_eq!(
+        error_of(&event),
+        "event `evt-1`: field `data.a\\u0000b`: contains a NUL character (\\u0000), which \
+         cannot be stored"
+    );
+    let mut event = session_created();
+    event["type"] = json!("agentos.other");
+    event["data"]["x"] = json!("\u{0}");
+    assert!(decode_one(&event).is_err());
+    // An escaped backslash before `u0000` is not a NUL.
+    let body = br#"{"specversion":"1.0","id":"e","source":"s","type":"agentos.session.created","time":"2025-07-31T10:00:00Z","data":{"session_id":"a\\u0000","session_type":"agent"}}"#;
+    let message = decode_message(body, &Limits::default()).unwrap();
+    assert!(matches!(message.events.as_slice(), [Ok(Decoded::Event(_))]));
+}
+
+/// Each element's span is its original text, byte for byte: whitespace, escapes and key order
+/// as the producer wrote them; a single event's span is the whole body.
+#[test]
+fn spans_give_each_elements_original_bytes() {
+    let first = r#"{ "specversion" : "1.0", "type":"agentos.session.created","id":"a\u00e9", "source":"s","time":"2025-07-31T10:00:00Z","data":{"session_type":"agent","session_id":"x"} }"#;
+    let second = r#"{"id":"b","x":"\u0000"}"#;
+    let third = r#"  7.50"#;
+    let body = format!(" [\n{first} ,{second},{third}\t]\n");
+    let message = decode_message(body.as_bytes(), &Limits::default()).unwrap();
+    assert!(message.is_batch);
+    let elements: Vec<&[u8]> = (0..3)
+        .map(|index| message.element(body.as_bytes(), index).unwrap())
+        .collect();
+    assert_eq!(
+        elements,
+        [first.as_bytes(), second.as_bytes(), third.trim().as_bytes()]
+    );
+    assert!(message.events[0].is_ok());
+    assert!(message.events[1].is_err() && message.events[2].is_err());
+    assert_eq!(message.element(body.as_bytes(), 3), None);
+
+    let single = format!("\n{first}\n");
+    let message = decode_message(single.as_bytes(), &Limits::default()).unwrap();
+    assert_eq!(
+        message.element(single.as_bytes(), 0),
+        Some(single.as_bytes())
+    );
+}

@@ -67,3 +67,95 @@ async fn readiness_is_false_while_the_broker_is_unreachable() {
     service.stop().await;
     broker.cleanup().await;
 }
+
+/// A replica that makes no progress (here: its write waits on a lock the test holds) reports not
+/// ready once a batch has waited `admin.stall_timeout_ms`, with the reason, and ready again once
+/// the batch is settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_false_while_no_batch_is_settled_for_the_stall_timeout() {
+    use diesel::{Connection, RunQueryDsl};
+
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let mut settings = settings(&database, &broker);
+    settings.admin.stall_timeout_ms = 500;
+    crate::support::declare(&broker, &settings).await;
+    let service = Running::start(settings).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], service.admin_port));
+    let wait = Duration::from_secs(5);
+    eventually(DEADLINE, || async {
+        match probe(addr, "/readyz", wait).await {
+            Ok((200, body)) => Ok(body),
+            other => Err(other),
+        }
+    })
+    .await;
+
+    // Hold every writer off the daily rows in an open transaction.
+    let url = database.url().to_owned();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        conn.transaction(|conn| {
+            diesel::sql_query("LOCK TABLE daily_metrics IN ACCESS EXCLUSIVE MODE").execute(conn)?;
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            diesel::QueryResult::Ok(())
+        })
+        .unwrap();
+    });
+    locked_rx.recv().unwrap();
+    broker
+        .publish(
+            "agentos.run.completed",
+            &crate::support::body(&crate::support::run_completed(
+                "e1",
+                "r1",
+                "s1",
+                "alice",
+                crate::support::day(0),
+                1,
+            )),
+        )
+        .await;
+
+    let (status, body) = eventually(DEADLINE, || async {
+        match probe(addr, "/readyz", wait).await {
+            Ok((503, body)) => Ok((503, body)),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("not ready: no batch settled for ")
+            && body.ends_with(" s: the batch in hand is still being written\n"),
+        "{body}"
+    );
+
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    eventually(DEADLINE, || async {
+        match probe(addr, "/readyz", wait).await {
+            Ok((200, body)) => Ok(body),
+            other => Err(other),
+        }
+    })
+    .await;
+    crate::support::wait_for_rows(
+        &database,
+        &[crate::support::DaySummary {
+            date: crate::support::day(0),
+            agent_runs: 1,
+            agent_sessions: 1,
+            users: 1,
+            input_tokens: 1,
+            output_tokens: 1,
+            model_runs: 1,
+        }],
+    )
+    .await;
+    service.stop().await;
+    broker.cleanup().await;
+}

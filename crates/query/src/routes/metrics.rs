@@ -12,10 +12,10 @@ use std::sync::Arc;
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bigdecimal::ToPrimitive;
+use bigdecimal::BigDecimal;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool};
-use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::{self, Scope};
@@ -190,7 +190,14 @@ async fn read_body(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Bytes> {
     if let Some(cache) = &cache {
-        let stamp = cache.stamp(key.database, &key.table, &pool).await?;
+        // Without a stamp (its read failed or was given up on), the rows are read directly.
+        let stamp = match cache.stamp(key.database, &key.table, &pool).await {
+            Ok(stamp) => stamp,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "reading without the cache");
+                None
+            }
+        };
         if let Some(body) = stamp.and_then(|stamp| cache.get(&key, stamp)) {
             metrics.observe_cache("hit");
             return Ok(body);
@@ -349,9 +356,47 @@ impl Serialize for TokenMetrics<'_> {
         out.serialize_field("audio_input_tokens", &row.input_audio_tokens)?;
         out.serialize_field("audio_output_tokens", &row.output_audio_tokens)?;
         out.serialize_field("cache_read_tokens", &row.cached_tokens)?;
-        // A JSON number, as Agno's float; the nearest double of the exact stored sum.
-        out.serialize_field("cost", &row.cost.to_f64().unwrap_or_default())?;
+        // The exact stored sum, digit for digit, as a JSON number in the shape of a float (as
+        // Agno's): a double would round it, and past its range would even become `null`.
+        let cost = serde_json::value::RawValue::from_string(decimal_number(&row.cost))
+            .map_err(S::Error::custom)?;
+        out.serialize_field("cost", &cost)?;
         out.end()
+    }
+}
+
+/// The exact value of `value` as JSON number text that always reads as a float: plain
+/// (`0.25`, `12.0`) between 1e-6 and 1e21, else in exponent form (`3.4e308`, `1e-7`), as
+/// JavaScript and serde_json write doubles, but with every digit of the decimal.
+pub fn decimal_number(value: &BigDecimal) -> String {
+    let (unscaled, scale) = value.normalized().as_bigint_and_exponent();
+    let text = unscaled.to_string();
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(digits) => ("-", digits),
+        None => ("", text.as_str()),
+    };
+    if digits == "0" {
+        return "0.0".to_owned();
+    }
+    let len = i64::try_from(digits.len()).unwrap_or(i64::MAX);
+    // value = 0.<digits> x 10^point
+    let point = len.saturating_sub(scale);
+    match usize::try_from(point) {
+        _ if !(-5..=21).contains(&point) => {
+            let exponent = point - 1;
+            match digits.split_at(1) {
+                (first, "") => format!("{sign}{first}e{exponent}"),
+                (first, rest) => format!("{sign}{first}.{rest}e{exponent}"),
+            }
+        }
+        Ok(point) if point >= digits.len() => {
+            format!("{sign}{digits}{}.0", "0".repeat(point - digits.len()))
+        }
+        Ok(point) if point > 0 => format!("{sign}{}.{}", &digits[..point], &digits[point..]),
+        _ => format!(
+            "{sign}0.{}{digits}",
+            "0".repeat(usize::try_from(-point).unwrap_or_default())
+        ),
     }
 }
 
@@ -472,6 +517,47 @@ mod tests {
                 .to_string(),
             "Invalid user_id: at most 256 characters"
         );
+    }
+
+    #[test]
+    fn costs_render_with_every_digit_as_a_json_float() {
+        for (stored, rendered) in [
+            ("0", "0.0"),
+            ("0.000", "0.0"),
+            ("12", "12.0"),
+            ("1200.00", "1200.0"),
+            ("0.25", "0.25"),
+            ("0.3", "0.3"),
+            ("0.000001", "0.000001"),
+            ("0.0000001", "1e-7"),
+            ("0.00000012", "1.2e-7"),
+            ("123456789012345678901", "123456789012345678901.0"),
+            ("1234567890123456789012", "1.234567890123456789012e21"),
+            (
+                "12345678901234567890.123456789",
+                "12345678901234567890.123456789",
+            ),
+            (
+                "340000000000000000000000000000000000000000000000000000000000000000000000000000\
+                 000000000000000000000000000000000000000000000000000000000000000000000000000000\
+                 000000000000000000000000000000000000000000000000000000000000000000000000000000\
+                 000000000000000000000000000000000000000000000000000000000000000000000000000",
+                "3.4e308",
+            ),
+            (
+                "340000000000000000000000.5",
+                "3.400000000000000000000005e23",
+            ),
+            ("-2.5", "-2.5"),
+        ] {
+            let value: BigDecimal = stored.parse().unwrap();
+            let text = decimal_number(&value);
+            assert_eq!(text, rendered, "{stored}");
+            // A JSON number in a float's shape, and the same decimal value.
+            assert!(serde_json::from_str::<&serde_json::value::RawValue>(&text).is_ok());
+            assert!(text.contains(['.', 'e']), "{text}");
+            assert_eq!(text.parse::<BigDecimal>().unwrap(), value, "{stored}");
+        }
     }
 
     #[test]
