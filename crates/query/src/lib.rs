@@ -4,7 +4,8 @@
 //! - [`config`]: the typed, validated [`Settings`].
 //! - [`startup`]: [`Application::build`] binds the API and admin listeners,
 //!   [`Application::run_until_stopped`] serves and drains.
-//! - [`routes`]: `GET /metrics`, `GET /openapi.json`, and the 404 and 405 fallbacks.
+//! - [`routes`]: `GET /metrics`, `GET /openapi.json`, the dashboard (`/dashboard`), and the 404
+//!   and 405 fallbacks.
 //! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
 //! - [`auth`]: the bearer key check.
 //! - [`cache`]: rendered responses reused while their table is unchanged.
