@@ -127,10 +127,10 @@ SERVICES=("$INGEST" "$QUERY")
 
 running() { kill -0 "$1" 2>/dev/null; }
 
-# Stops both services (SIGTERM: they drain and exit 0) and the labellers; exits 0 when the stop
-# was asked for and both stopped cleanly.
-stop_all() {
-  local status=0 pid code
+# Stops both services (SIGTERM: they drain and exit 0) and the labellers; exits 0 when both
+# stopped cleanly.
+stop_all() { # [status]: 1 when stopping for a failure
+  local status=${1:-0} pid code
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${SERVICES[@]}"; do
     code=0
@@ -142,9 +142,8 @@ stop_all() {
   done
   for pid in "${PIDS[@]}" "${LABELLERS[@]}"; do wait "$pid" 2>/dev/null || true; done
   PIDS=()
-  if [ "$stop_requested" != 1 ]; then
-    status=1
-  fi
+  # A service exits 0 only when it was told to stop (a signal, which a Ctrl-C sends the services
+  # too): then the stop is a clean one even if this script's own trap did not see it.
   [ "$status" = 0 ] && tell "both services stopped; the data stays in $database and RabbitMQ"
   exit "$status"
 }
@@ -156,7 +155,7 @@ for admin in "$BIND_ADDRESS:$INGEST_ADMIN_PORT" "$BIND_ADDRESS:$QUERY_ADMIN_PORT
     [ "$stop_requested" = 1 ] && stop_all
     if ! running "$INGEST" || ! running "$QUERY" || [ "$SECONDS" -ge "$deadline" ]; then
       tell "a service did not become ready (http://$admin/readyz); stopping"
-      stop_all
+      stop_all 1
     fi
     sleep 0.2
   done

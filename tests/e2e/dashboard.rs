@@ -7,6 +7,7 @@
 //! `scripts/test.sh` installs `chromium` and `chromium-driver` when missing
 //! (scripts/services.sh); `CHROMIUM` and `CHROMEDRIVER` name other binaries.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -200,7 +201,10 @@ impl Browser {
             );
         }
         let port = free_address().port();
+        // A process group of its own, which the browser joins: killed whole on drop, so a failed
+        // test leaves no browser behind.
         let driver = Command::new(&chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -342,7 +346,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }

@@ -2,8 +2,8 @@
 //! free loopback ports against the real RabbitMQ and PostgreSQL (each test with its own database,
 //! exchange and queue), fed over AMQP with publisher confirms and read over HTTP.
 //!
-//! `up` runs the README's `scripts/up.sh` itself; `dashboard` drives the dashboard in headless
-//! Chromium.
+//! `dashboard` drives the dashboard in headless Chromium. (`scripts/up.sh` is tested in
+//! `tests/up`.)
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 #![expect(
@@ -15,4 +15,3 @@ mod dashboard;
 mod hostile;
 mod loadgen;
 mod pipeline;
-mod up;

@@ -5,7 +5,7 @@
 //! - [`startup`]: [`Application::build`] binds the API and admin listeners,
 //!   [`Application::run_until_stopped`] serves and drains.
 //! - [`routes`]: `GET /metrics`, `POST /metrics/refresh`, `GET /metrics/refresh/status`,
-//!   `GET /openapi.json`, and the 404 and 405 fallbacks.
+//!   `GET /openapi.json`, the dashboard (`/dashboard`), and the 404 and 405 fallbacks.
 //! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
 //! - [`auth`]: the bearer key and JWT scope checks; [`jwt`] verifies JWTs.
 //! - [`cache`]: rendered responses reused while their table is unchanged.

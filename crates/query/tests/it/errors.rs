@@ -183,7 +183,7 @@ async fn unknown_routes_and_wrong_methods_use_the_error_shape() {
     let db = TestDatabase::migrated();
     let app = TestApp::spawn(settings(db.url()));
 
-    for path in ["/", "/metric", "/metrics/extra", "/v1/metrics"] {
+    for path in ["/nowhere", "/metric", "/metrics/extra", "/v1/metrics"] {
         let reply = app.get(path, &[]).await;
         assert_eq!(
             reply.status_json(),

@@ -1,6 +1,14 @@
 //! `scripts/up.sh --demo`, the README's run command, on free ports with a database, exchange and
 //! queue of its own: the system comes up, the demo week appears in `GET /metrics` exactly as
 //! `metrics-loadgen` reports it, and SIGTERM stops everything with exit 0 and no process left.
+//!
+//! A test binary of its own: cargo runs test binaries one at a time, and up.sh's `cargo build`
+//! may put the binaries in place again (the `cargo test` build links them with other features),
+//! which must not happen while another test starts one.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test loudly, like the tests themselves"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
