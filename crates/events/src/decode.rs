@@ -367,6 +367,8 @@ pub fn decode_event(
     // PostgreSQL text cannot hold a NUL (`events.md`: a NUL anywhere is bad input). Refusing it
     // here keeps it from ever reaching the database, where it would fail the whole batch.
     if let Some(field) = nul_path(&value) {
+        // A hostile key could make the path as long as the body; the header must stay short.
+        let field = Quoted(&field, QUOTED_ID_CHARS).to_string();
         return Err(cx.error(
             (!field.is_empty()).then_some(field.as_str()),
             "contains a NUL character (\\u0000), which cannot be stored",

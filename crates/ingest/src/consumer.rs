@@ -759,6 +759,10 @@ async fn publish_dead_letters(
 /// Room for a dead letter's headers in a `frame_max` content-header frame: the frame's own
 /// fields and every other property (short strings of at most 255 bytes each) come first.
 fn header_budget(frame_max: u32) -> usize {
+    // 0 means no limit was negotiated (AMQP 0-9-1, `connection.tune`).
+    if frame_max == 0 {
+        return usize::MAX;
+    }
     usize::try_from(frame_max)
         .unwrap_or(usize::MAX)
         .saturating_sub(OTHER_PROPERTIES_BYTES)
@@ -856,4 +860,63 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (key, value) in pairs {
+            table.insert((*key).into(), value.clone());
+        }
+        table
+    }
+
+    fn text(len: usize) -> AMQPValue {
+        AMQPValue::LongString(LongString::from("h".repeat(len)))
+    }
+
+    #[test]
+    fn headers_that_fit_are_kept_with_the_reason() {
+        let original = table(&[("x-trace", text(10)), (ERROR_HEADER, text(3))]);
+        let headers = dead_letter_headers(Some(&original), "bad", 1000);
+        assert_eq!(
+            headers,
+            table(&[
+                ("x-trace", text(10)),
+                (ERROR_HEADER, AMQPValue::LongString("bad".into())),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_largest_headers_go_first_when_they_would_not_fit() {
+        let original = table(&[
+            ("small", text(10)),
+            ("large", text(5000)),
+            ("larger", text(9000)),
+        ]);
+        let headers = dead_letter_headers(Some(&original), "bad", 6000);
+        assert_eq!(
+            headers,
+            table(&[
+                ("small", text(10)),
+                ("large", text(5000)),
+                (ERROR_HEADER, AMQPValue::LongString("bad".into())),
+                (DROPPED_HEADERS_HEADER, AMQPValue::LongLongInt(1)),
+            ])
+        );
+        // Encoded: table length, then per entry the key's length octet and bytes, the type octet
+        // and the value (AMQP 0-9-1, section 4.2.5.5).
+        let size = 4
+            + (1 + 5 + 1 + 4 + 10)
+            + (1 + 5 + 1 + 4 + 5000)
+            + (1 + ERROR_HEADER.len() + 1 + 4 + 3)
+            + (1 + DROPPED_HEADERS_HEADER.len() + 1 + 8);
+        assert!(size <= 6000, "{size}");
+        assert_eq!(header_budget(0), usize::MAX);
+        assert_eq!(header_budget(131_072), 131_072 - OTHER_PROPERTIES_BYTES);
+    }
 }

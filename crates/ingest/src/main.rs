@@ -32,8 +32,19 @@ enum Command {
     Healthcheck,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+fn main() -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(start());
+    // A database worker stuck on a frozen connection was abandoned (its write deadline passed);
+    // exiting does not wait for it, as dropping the runtime would.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn start() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref()).context("loading the settings")?;
     telemetry::init(&settings.log);

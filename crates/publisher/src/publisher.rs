@@ -92,16 +92,32 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects to `url` and declares the exchange.
+    /// Connects to `url` and declares the exchange, trying up to [`PublisherOptions::attempts`]
+    /// times with backoff, as a failed window does: a broker restarting when the producer
+    /// starts is waited for.
     ///
     /// # Errors
     ///
-    /// [`PublishError`] when the broker cannot be reached or refuses the declaration.
+    /// [`PublishError`] when every attempt failed to reach the broker or have the exchange
+    /// declared.
     pub async fn connect(url: &str, options: PublisherOptions) -> Result<Self, PublishError> {
-        let link = open(url, &options).await?;
+        let mut backoff = Backoff::new(options.min_backoff, options.max_backoff);
+        let mut attempt = 1;
+        let link = loop {
+            match open(url, &options).await {
+                Ok(link) => break link,
+                Err(err) if attempt >= options.attempts => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, attempt, "connecting failed; retrying");
+                    sleep(backoff.next_wait()).await;
+                    attempt += 1;
+                }
+            }
+        };
+        backoff.succeeded();
         Ok(Self {
             url: url.to_owned(),
-            backoff: std::sync::Mutex::new(Backoff::new(options.min_backoff, options.max_backoff)),
+            backoff: std::sync::Mutex::new(backoff),
             options,
             link: Mutex::new(Some(link)),
         })

@@ -739,6 +739,17 @@ fn a_nul_anywhere_in_an_event_is_refused_naming_the_field() {
         "event `evt-1`: field `data.a\\u0000b`: contains a NUL character (\\u0000), which \
          cannot be stored"
     );
+    // A huge key is quoted shortened.
+    let mut event = session_created();
+    event["data"][format!("{}\u{0}", "k".repeat(5000))] = json!(1);
+    assert_eq!(
+        error_of(&event),
+        format!(
+            "event `evt-1`: field `data.{}...`: contains a NUL character (\\u0000), which \
+             cannot be stored",
+            "k".repeat(59)
+        )
+    );
     let mut event = session_created();
     event["type"] = json!("agentos.other");
     event["data"]["x"] = json!("\u{0}");

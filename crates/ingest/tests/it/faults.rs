@@ -232,3 +232,73 @@ async fn broker_connection_lost_mid_stream_reconnects_and_loses_nothing() {
     service.stop().await;
     Arc::into_inner(broker).unwrap().cleanup().await;
 }
+
+/// A broker connection that goes silent without closing (a proxy that stops forwarding) is found
+/// by the AMQP heartbeat within two heartbeats; the service reconnects and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_connection_is_found_and_replaced() {
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let mut settings = settings(&database, &broker);
+    settings.amqp.heartbeat_s = 1;
+    let mut url = url::Url::parse(broker.url()).unwrap();
+    let proxy = Proxy::start(url.socket_addrs(|| Some(5672)).unwrap()[0]).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    settings.amqp.url = String::from(url).into();
+    declare(&broker, &settings).await;
+    let service = Running::start(settings).await;
+
+    let (bodies, expected) = workload(200);
+    let (first, second) = bodies.split_at(100);
+    broker
+        .publish_all("agentos.run.completed", first.iter().map(Vec::as_slice))
+        .await;
+    eventually(DEADLINE, || async {
+        let runs = runs_counted(&database).await;
+        if runs == 100 { Ok(()) } else { Err(runs) }
+    })
+    .await;
+    proxy.freeze();
+    broker
+        .publish_all("agentos.run.completed", second.iter().map(Vec::as_slice))
+        .await;
+    wait_for_rows(&database, &expected).await;
+    service.stop().await;
+    broker.cleanup().await;
+}
+
+/// A database connection that goes silent without closing is given up on after the write
+/// deadline; the batch is retried on a new connection and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_connection_is_found_and_replaced() {
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let mut settings = settings(&database, &broker);
+    settings.database.connect_timeout_ms = 1000;
+    settings.database.statement_timeout_ms = 1000;
+    settings.database.tcp_timeout_ms = 1000;
+    let mut url = url::Url::parse(database.url()).unwrap();
+    let proxy = Proxy::start(url.socket_addrs(|| Some(5432)).unwrap()[0]).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    settings.database.url = String::from(url).into();
+    declare(&broker, &settings).await;
+    let service = Running::start(settings).await;
+
+    let (bodies, expected) = workload(200);
+    let (first, second) = bodies.split_at(100);
+    broker
+        .publish_all("agentos.run.completed", first.iter().map(Vec::as_slice))
+        .await;
+    eventually(DEADLINE, || async {
+        let runs = runs_counted(&database).await;
+        if runs == 100 { Ok(()) } else { Err(runs) }
+    })
+    .await;
+    proxy.freeze();
+    broker
+        .publish_all("agentos.run.completed", second.iter().map(Vec::as_slice))
+        .await;
+    wait_for_rows(&database, &expected).await;
+    service.stop().await;
+    broker.cleanup().await;
+}

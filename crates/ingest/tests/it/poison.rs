@@ -147,3 +147,50 @@ async fn every_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     assert_eq!(broker.ready_count(broker.queue()).await, 0);
     broker.cleanup().await;
 }
+
+/// A dead letter no queue takes (its queue was deleted) is returned by the broker (`mandatory`)
+/// and is an error: the original stays unacknowledged, the next session declares the topology
+/// again, and the dead letter lands, body intact, instead of being dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_dead_letter_is_published_again_once_its_queue_is_back() {
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let settings = settings(&database, &broker);
+    declare(&broker, &settings).await;
+    let service = Running::start(settings).await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], service.admin_port));
+    eventually(DEADLINE, || async {
+        match metrics_ingest::admin::probe(admin, "/readyz", DEADLINE).await {
+            Ok((200, _)) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+
+    broker
+        .channel()
+        .queue_delete(
+            broker.dead_letter_queue().as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    broker.publish("agentos.run.completed", b"{not json").await;
+
+    eventually(DEADLINE, || async {
+        let seen = service.metrics.counted(Outcome::DeadLettered);
+        if seen == 1 { Ok(()) } else { Err(seen) }
+    })
+    .await;
+    let received = dead_letters(&broker, 1).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].1, b"{not json");
+    let text = service.metrics.encode().unwrap();
+    assert!(
+        !text.contains("metrics_ingest_reconnects_total{dependency=\"amqp\"} 0"),
+        "the session was not restarted:\n{text}"
+    );
+    service.stop().await;
+    assert_eq!(broker.ready_count(broker.queue()).await, 0);
+    broker.cleanup().await;
+}

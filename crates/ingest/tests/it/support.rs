@@ -259,6 +259,7 @@ pub async fn wait_for_rows(database: &TestDatabase, expected: &[DaySummary]) {
 pub struct Proxy {
     pub port: u16,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    freeze: std::sync::Arc<tokio::sync::Notify>,
     accept: JoinHandle<()>,
 }
 
@@ -268,11 +269,21 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let registry = std::sync::Arc::clone(&connections);
+        let freeze = std::sync::Arc::new(tokio::sync::Notify::new());
+        let frozen = std::sync::Arc::clone(&freeze);
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let frozen = std::sync::Arc::clone(&frozen);
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            () = frozen.notified() => {
+                                // Black-holed: nothing is forwarded any more, and nothing is
+                                // closed either, as when a network drops packets.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     }
                 });
                 registry.lock().unwrap().push(task.abort_handle());
@@ -281,8 +292,15 @@ impl Proxy {
         Self {
             port,
             connections,
+            freeze,
             accept,
         }
+    }
+
+    /// Stops forwarding on every open connection without closing it; new connections are
+    /// forwarded as before.
+    pub fn freeze(&self) {
+        self.freeze.notify_waiters();
     }
 
     /// Drops every proxied connection; new ones are accepted again.
