@@ -57,6 +57,10 @@ pub fn read(conn: &mut PgConnection, table: &str, range: DateRange) -> QueryResu
 /// `table` within `range`: one index range scan, plus the table's latest change as [`read`]
 /// reports it.
 ///
+/// A `user_id` with a NUL character has no rows: no event can name such a user (the event
+/// contract rejects NUL in every string), and PostgreSQL's text cannot hold one, so it is never
+/// sent to the database.
+///
 /// # Errors
 ///
 /// The database error when a query fails.
@@ -69,6 +73,12 @@ pub fn read_user(
     let updated_at = latest_change(conn, table)?;
     if updated_at.is_none() {
         return Ok(MetricsPage::default());
+    }
+    if user_id.contains('\0') {
+        return Ok(MetricsPage {
+            rows: Vec::new(),
+            updated_at,
+        });
     }
     let rows = user_daily_metrics::table
         .filter(user_daily_metrics::table_id.eq_any(table_ids(table)))

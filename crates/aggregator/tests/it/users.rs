@@ -258,6 +258,30 @@ fn an_unknown_user_has_no_rows_and_the_table_stamp_still_shows() {
 }
 
 #[test]
+fn a_user_id_with_a_nul_character_has_no_rows_and_is_no_error() {
+    let db = TestDatabase::migrated();
+    let mut conn = db.connect();
+    let t = table(&mut conn, "agno_metrics");
+    apply(
+        &mut conn,
+        t,
+        &[with_user(
+            run("e1", "2025-07-01T10:00:00Z", "r1", "s1", Agent),
+            "u1",
+        )],
+    )
+    .unwrap();
+    let stamp = read(&mut conn, "agno_metrics", DateRange::default())
+        .unwrap()
+        .updated_at;
+    for user in ["\0", "u1\0", "\0u1"] {
+        let page = read_user(&mut conn, "agno_metrics", user, DateRange::default()).unwrap();
+        assert!(page.rows.is_empty(), "{user:?}");
+        assert_eq!(page.updated_at, stamp, "{user:?}");
+    }
+}
+
+#[test]
 fn a_change_of_per_user_rows_alone_moves_the_tables_latest_change() {
     let db = TestDatabase::migrated();
     let mut conn = db.connect();

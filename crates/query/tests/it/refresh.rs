@@ -255,3 +255,24 @@ async fn refresh_parameters_are_checked() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_refresh_for_a_user_id_with_a_nul_character_returns_no_rows() {
+    let db = TestDatabase::migrated();
+    events(&db);
+    let app = TestApp::spawn(settings(db.url()));
+    assert_eq!(
+        app.post("/metrics/refresh?user_id=alice%00", &[])
+            .await
+            .status_json(),
+        (200, json!([]))
+    );
+    assert_eq!(
+        app.get("/metrics/refresh/status", &[])
+            .await
+            .status_json()
+            .1["status"],
+        "completed"
+    );
+    app.stop().await;
+}

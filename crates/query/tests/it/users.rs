@@ -185,6 +185,28 @@ async fn a_user_id_longer_than_256_characters_is_a_validation_error() {
 }
 
 #[actix_web::test]
+async fn a_user_id_with_a_nul_character_reads_no_rows() {
+    let db = TestDatabase::migrated();
+    events(&db);
+    let app = TestApp::spawn(settings(db.url()));
+    let stamp = stored_user(&db, "alice").updated_at.unwrap();
+    for user in ["%00", "alice%00", "%00alice"] {
+        let (status, body) = app
+            .get(&format!("/metrics?user_id={user}"), &[])
+            .await
+            .status_json();
+        assert_eq!(status, 200, "{user}: {body}");
+        assert_eq!(body["metrics"], json!([]), "{user}");
+        assert_eq!(
+            body["updated_at"],
+            json!(stamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "{user}"
+        );
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn cached_pages_of_users_stay_apart_and_follow_new_events() {
     let db = TestDatabase::migrated();
     events(&db);
