@@ -41,4 +41,6 @@ METRICS_BIN_DIR=$(cd "$BIN_DIR" && pwd)
 export METRICS_BIN_DIR
 
 cd tests/agno_client
+# No __pycache__ or .pytest_cache left in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 exec "../../$VENV/bin/pytest" -p no:cacheprovider -q "$@"

@@ -144,10 +144,14 @@ pub async fn refresh_metrics(
     };
 
     let cache = state.cache.clone();
-    let run = move || -> anyhow::Result<Vec<u8>> {
+    // The refresh, then (for a waiting client) the rows it answers with.
+    let run = move || -> anyhow::Result<Option<Vec<u8>>> {
         let outcome = metrics_aggregator::finish_refresh(&mut conn, table_id);
         invalidate(cache.as_deref(), position, &table);
         outcome?;
+        if background {
+            return Ok(None);
+        }
         let page = match &user {
             None => metrics_aggregator::read(&mut conn, table.as_str(), DateRange::default())?,
             Some(user) => metrics_aggregator::read_user(
@@ -157,7 +161,7 @@ pub async fn refresh_metrics(
                 DateRange::default(),
             )?,
         };
-        Ok(render_rows(&page.rows)?)
+        Ok(Some(render_rows(&page.rows)?))
     };
     if background {
         actix_web::rt::spawn(async move {
@@ -179,7 +183,8 @@ pub async fn refresh_metrics(
     let body = web::block(run)
         .await
         .map_err(|err| ApiError::Internal(anyhow::Error::new(err)))?
-        .map_err(|err| ApiError::Internal(err.context("refreshing metrics")))?;
+        .map_err(|err| ApiError::Internal(err.context("refreshing metrics")))?
+        .unwrap_or_default();
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(body))
