@@ -42,7 +42,7 @@ pub fn read(conn: &mut PgConnection, table: &str, range: DateRange) -> QueryResu
     // One statement text for every range (open bounds are the contract's date limits), so that
     // diesel keeps it prepared and PostgreSQL plans it once per connection.
     let rows = daily_metrics::table
-        .filter(daily_metrics::table_id.eq_any(table_ids(table)))
+        .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
         .filter(daily_metrics::date.between(
             range.start.unwrap_or(MIN_DATE),
             range.end.unwrap_or(MAX_DATE),
@@ -81,7 +81,7 @@ pub fn read_user(
         });
     }
     let rows = user_daily_metrics::table
-        .filter(user_daily_metrics::table_id.eq_any(table_ids(table)))
+        .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
         .filter(user_daily_metrics::user_id.eq(user_id))
         .filter(user_daily_metrics::date.between(
             range.start.unwrap_or(MIN_DATE),
@@ -106,26 +106,32 @@ pub fn read_user(
 /// The database error when a query fails.
 pub fn latest_change(conn: &mut PgConnection, table: &str) -> QueryResult<Option<DateTime<Utc>>> {
     let all_users: Option<DateTime<Utc>> = daily_metrics::table
-        .filter(daily_metrics::table_id.eq_any(table_ids(table)))
+        .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
         .select(max(daily_metrics::updated_at))
         .get_result(conn)?;
     if all_users.is_none() {
         return Ok(None);
     }
     let per_user: Option<DateTime<Utc>> = user_daily_metrics::table
-        .filter(user_daily_metrics::table_id.eq_any(table_ids(table)))
+        .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
         .select(max(user_daily_metrics::updated_at))
         .get_result(conn)?;
     Ok(all_users.max(per_user))
 }
 
-fn table_ids(
-    table: &str,
-) -> diesel::dsl::Select<
-    diesel::dsl::Filter<metrics_tables::table, diesel::dsl::Eq<metrics_tables::name, &str>>,
-    metrics_tables::id,
-> {
+/// The id of metrics table `table` as a scalar subquery (`= (SELECT id ...)`): PostgreSQL runs
+/// it once, before the outer query, and plans the outer query with the id as a parameter, so
+/// `max(updated_at)` is one backward probe of the `(table_id, updated_at)` index. (An `IN
+/// (SELECT ...)` semi-join instead aggregates every row of the table: 85 ms, not 0.07 ms, over
+/// 400,000 per-user rows.)
+fn table_id(table: &str) -> diesel::dsl::SingleValue<TableIdQuery<'_>> {
     metrics_tables::table
         .filter(metrics_tables::name.eq(table))
         .select(metrics_tables::id)
+        .single_value()
 }
+
+type TableIdQuery<'a> = diesel::dsl::Select<
+    diesel::dsl::Filter<metrics_tables::table, diesel::dsl::Eq<metrics_tables::name, &'a str>>,
+    metrics_tables::id,
+>;
