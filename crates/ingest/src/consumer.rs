@@ -850,17 +850,7 @@ fn encoded_size(value: &AMQPValue) -> usize {
     }
 }
 
-/// An error and its sources, joined by `: `.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use metrics_service::error_chain;
 
 #[cfg(test)]
 mod tests {

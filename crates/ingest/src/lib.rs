@@ -1,12 +1,12 @@
 //! `metrics-ingest`: consumes AgentOS events from RabbitMQ and counts them into the
 //! aggregator's daily rows in PostgreSQL, exactly once in effect.
 //!
-//! - [`config`]: layered settings, validated at start.
-//! - [`telemetry`]: logging and the Prometheus metrics.
+//! - [`config`]: the service's settings, loaded and validated by the `metrics-service` skeleton.
+//! - [`telemetry`]: the Prometheus metrics.
 //! - [`topology`]: the exchange, quorum queue and dead-letter entities, declared at every connect.
 //! - [`consumer`]: the delivery loop (batching, apply, dead letters, acks, reconnects).
 //! - [`database`]: the pool and `apply` on the blocking pool.
-//! - [`admin`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`admin`]: what `/livez`, `/readyz` and `/metrics` answer on the skeleton's admin listener.
 //! - [`startup`]: [`Application`], and the `run`, `migrate` and `healthcheck` commands.
 
 pub mod admin;

@@ -1,4 +1,5 @@
-//! Logging and the Prometheus metrics of the service, each defined once here.
+//! The Prometheus metrics of the service, each defined once here (logging is set up by
+//! `metrics_service::telemetry`).
 
 use std::sync::Arc;
 
@@ -7,29 +8,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
-
-use crate::config::{LogFormat, LogSettings};
-
-/// Installs the global `tracing` subscriber: `RUST_LOG` over `log.level`, JSON or compact text.
-/// Later calls (tests start several services in one process) keep the first subscriber.
-pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE);
-    let _ = match settings.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.compact().try_init(),
-    };
-}
 
 /// The label of one outcome.
 pub type OutcomeLabel = [(&'static str, &'static str); 1];

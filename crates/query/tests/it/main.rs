@@ -5,6 +5,7 @@
     reason = "test helpers fail the test loudly, like the tests themselves"
 )]
 
+mod actix_errors;
 mod admin;
 mod auth;
 mod binary;
