@@ -13,6 +13,8 @@ use actix_web::{HttpResponse, ResponseError, web};
 use metrics_service::admin::{self, Probes};
 use serde_json::json;
 
+pub use metrics_service::admin::healthcheck;
+
 use crate::routes;
 use crate::startup::Databases;
 use crate::telemetry::Metrics;
@@ -45,7 +47,41 @@ impl Probes for AdminState {
     }
 
     async fn ready(&self) -> HttpResponse {
-        readyz(self).await
+        if self.draining.load(Ordering::Relaxed) {
+            return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
+        }
+        let mut failed = Vec::new();
+        for database in self.databases.iter() {
+            let pool = database.pool.clone();
+            let table = database.tables.first().cloned().unwrap_or_default();
+            // The stamp read every API request starts with: the database answers and holds the
+            // schema.
+            let check = web::block(move || -> anyhow::Result<()> {
+                let mut conn = pool.get()?;
+                metrics_aggregator::latest_change(&mut conn, table.as_str())?;
+                Ok(())
+            });
+            let outcome = match tokio::time::timeout(self.timeout, check).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(err)) => Err(err.into()),
+                Err(_) => Err(anyhow::anyhow!("no answer within {:?}", self.timeout)),
+            };
+            if let Err(err) = outcome {
+                // Warn: the service is degraded; the orchestrator acts on the probe.
+                tracing::warn!(
+                    db.id = database.id,
+                    error = format!("{err:#}"),
+                    "database unreachable"
+                );
+                failed.push(database.id.clone());
+            }
+        }
+        if failed.is_empty() {
+            HttpResponse::Ok().json(json!({"status": "ready"}))
+        } else {
+            HttpResponse::ServiceUnavailable()
+                .json(json!({"status": "unavailable", "databases": failed}))
+        }
     }
 
     fn exposition(&self) -> Result<String, std::fmt::Error> {
@@ -65,42 +101,3 @@ impl Probes for AdminState {
         routes::not_found_error().error_response()
     }
 }
-
-async fn readyz(state: &AdminState) -> HttpResponse {
-    if state.draining.load(Ordering::Relaxed) {
-        return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
-    }
-    let mut failed = Vec::new();
-    for database in state.databases.iter() {
-        let pool = database.pool.clone();
-        let table = database.tables.first().cloned().unwrap_or_default();
-        // The stamp read every API request starts with: the database answers and holds the schema.
-        let check = web::block(move || -> anyhow::Result<()> {
-            let mut conn = pool.get()?;
-            metrics_aggregator::latest_change(&mut conn, table.as_str())?;
-            Ok(())
-        });
-        let outcome = match tokio::time::timeout(state.timeout, check).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(err)) => Err(err.into()),
-            Err(_) => Err(anyhow::anyhow!("no answer within {:?}", state.timeout)),
-        };
-        if let Err(err) = outcome {
-            // Warn: the service is degraded; the orchestrator acts on the probe.
-            tracing::warn!(
-                db.id = database.id,
-                error = format!("{err:#}"),
-                "database unreachable"
-            );
-            failed.push(database.id.clone());
-        }
-    }
-    if failed.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "databases": failed}))
-    }
-}
-
-pub use metrics_service::admin::healthcheck;
