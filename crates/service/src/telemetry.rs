@@ -1,8 +1,6 @@
 //! The `tracing` subscriber of a service: `RUST_LOG` over `log.level`, compact text or JSON
 //! lines. A filter that does not parse is an error, never silently replaced.
 
-use std::fmt;
-
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use tracing_subscriber::EnvFilter;
@@ -112,11 +110,59 @@ where
     Ok(())
 }
 
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        })
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::config::Layers;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        log: LogSettings,
+    }
+
+    fn load(level: &str, format: &str) -> Result<LogSettings, String> {
+        let env = HashMap::from([
+            ("METRICS_LOG__LEVEL".to_owned(), level.to_owned()),
+            ("METRICS_LOG__FORMAT".to_owned(), format.to_owned()),
+        ]);
+        Layers {
+            defaults: "[log]\nlevel = \"info\"\nformat = \"text\"\n",
+            file: None,
+            aliases: &[],
+        }
+        .load::<Sample>(&env)
+        .map(|sample| sample.log)
+        .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn log_settings_are_checked_while_they_are_read() {
+        assert_eq!(
+            load("metrics_ingest=debug,info", "json"),
+            Ok(LogSettings {
+                level: "metrics_ingest=debug,info".to_owned(),
+                format: LogFormat::Json
+            })
+        );
+        assert_eq!(
+            load("", "text"),
+            Err("invalid configuration key `log.level`: must not be empty".to_owned())
+        );
+        assert!(
+            load("metrics_ingest=[", "text")
+                .unwrap_err()
+                .starts_with("invalid configuration key `log.level`: is not a log filter"),
+        );
+        assert_eq!(
+            load("info", "xml"),
+            Err(
+                "invalid configuration key `log.format`: `xml` is neither `text` nor `json`"
+                    .to_owned()
+            )
+        );
     }
 }
