@@ -9,6 +9,7 @@ mod admin;
 mod auth;
 mod binary;
 mod dashboard;
+mod deploy;
 mod errors;
 mod jwt;
 mod metrics;
