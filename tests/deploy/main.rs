@@ -104,7 +104,9 @@ fn kubernetes_rules(objects: &[Object], problems: &mut Problems) {
             .pointer("/metadata/labels")
             .and_then(Value::as_object);
         if !labels.is_some_and(|labels| {
-            labels.keys().any(|key| key.starts_with("app.kubernetes.io/"))
+            labels
+                .keys()
+                .any(|key| key.starts_with("app.kubernetes.io/"))
         }) {
             problems.add(&place, "has no app.kubernetes.io/* labels");
         }
@@ -203,7 +205,10 @@ fn kubernetes_rules(objects: &[Object], problems: &mut Problems) {
                 if text(&get, "path") != path
                     || !(port == Some(&json!("admin")) || port == Some(&json!(admin)))
                 {
-                    problems.add(&place, format!("{probe} is not GET {path} on the admin port"));
+                    problems.add(
+                        &place,
+                        format!("{probe} is not GET {path} on the admin port"),
+                    );
                 }
             }
         }
@@ -234,7 +239,11 @@ fn kubernetes_manifests_probe_limit_and_lock_down_every_container() {
             file: example.to_owned(),
             value,
         };
-        assert_eq!(object.kind(), "Secret", "{example} holds the example Secret");
+        assert_eq!(
+            object.kind(),
+            "Secret",
+            "{example} holds the example Secret"
+        );
     }
     problems.assert_none();
 }
@@ -335,8 +344,7 @@ fn dashboard_layout_data_source_and_variables() {
         if text(panel, "type") == "row" {
             continue;
         }
-        if panel.get("datasource") != Some(&json!({"type": "prometheus", "uid": "${datasource}"}))
-        {
+        if panel.get("datasource") != Some(&json!({"type": "prometheus", "uid": "${datasource}"})) {
             problems.add(&place, "does not read the ${datasource} variable");
         }
         let targets = items(panel, "targets");
@@ -394,7 +402,9 @@ fn monitoring_component_selects_the_services_and_carries_the_alerts() {
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object);
             if !labels.is_some_and(|labels| {
-                labels.keys().any(|key| key.starts_with("app.kubernetes.io/"))
+                labels
+                    .keys()
+                    .any(|key| key.starts_with("app.kubernetes.io/"))
             }) {
                 problems.add(&at, "has no app.kubernetes.io/* labels");
             }
@@ -421,7 +431,10 @@ fn monitoring_component_selects_the_services_and_carries_the_alerts() {
             .filter(|service| {
                 !selector.is_empty()
                     && selector.iter().all(|(key, value)| {
-                        service.value.pointer("/metadata/labels").and_then(|l| l.get(key))
+                        service
+                            .value
+                            .pointer("/metadata/labels")
+                            .and_then(|l| l.get(key))
                             == Some(value)
                     })
             })

@@ -439,7 +439,11 @@ pub fn env_names(container: &Value, maps: &[(String, Value)]) -> BTreeSet<String
         if let Some(name) = source.pointer("/configMapRef/name").and_then(Value::as_str)
             && let Some((_, data)) = maps.iter().find(|(map, _)| map == name)
         {
-            names.extend(data.as_object().into_iter().flat_map(|map| map.keys().cloned()));
+            names.extend(
+                data.as_object()
+                    .into_iter()
+                    .flat_map(|map| map.keys().cloned()),
+            );
         }
     }
     names

@@ -120,12 +120,7 @@ impl Service {
     /// Starts `name` with its listeners on port 0 and waits until its log reports the ports it
     /// bound (`admin.port`, and `http.port` for the query service): no other process can take
     /// them in between.
-    fn spawn(
-        name: &'static str,
-        args: &[&str],
-        env: Vec<(&str, String)>,
-        has_http: bool,
-    ) -> Self {
+    fn spawn(name: &'static str, args: &[&str], env: Vec<(&str, String)>, has_http: bool) -> Self {
         static SPAWNED: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "metrics-e2e-{name}-{}-{}.log",

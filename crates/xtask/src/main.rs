@@ -115,8 +115,8 @@ async fn run_stack(stack: Stack) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(file) = &stack.sql {
-        let sql = std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let sql =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         // One statement at a time, each in its own transaction, so `VACUUM` may be among them.
         let mut conn = db.connect();
         for statement in sql.split_inclusive(";\n").filter(|s| !s.trim().is_empty()) {

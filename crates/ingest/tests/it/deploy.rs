@@ -56,7 +56,10 @@ fn rabbitmq_definitions_are_the_declared_topology() {
             .iter()
             .find(|e| text(e, "name") == name);
         if !found.is_some_and(|e| text(e, "type") == kind && e["durable"] == json!(true)) {
-            problems.add(file, format!("exchange {name} is not a durable {kind} exchange"));
+            problems.add(
+                file,
+                format!("exchange {name} is not a durable {kind} exchange"),
+            );
         }
     }
     let expected = [
@@ -79,9 +82,18 @@ fn rabbitmq_definitions_are_the_declared_topology() {
     }
     let bindings: Vec<(&str, &str, &str)> = items(&document, "bindings")
         .iter()
-        .map(|b: &Value| (text(b, "source"), text(b, "destination"), text(b, "routing_key")))
+        .map(|b: &Value| {
+            (
+                text(b, "source"),
+                text(b, "destination"),
+                text(b, "routing_key"),
+            )
+        })
         .collect();
-    for binding in [(exchange, queue, BINDING_KEY), (dlx.as_str(), dead.as_str(), "")] {
+    for binding in [
+        (exchange, queue, BINDING_KEY),
+        (dlx.as_str(), dead.as_str(), ""),
+    ] {
         if !bindings.contains(&binding) {
             problems.add(
                 file,

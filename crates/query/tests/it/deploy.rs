@@ -7,8 +7,7 @@ use std::time::Duration;
 use metrics_query::config::{DEFAULT_TOML, JWT_VARIABLES, OS_SECURITY_KEY};
 use metrics_query::telemetry::Metrics;
 use metrics_test_support::deploy::{
-    check_environment, check_grace_period, check_series, config_keys, default_value,
-    exposed_series,
+    check_environment, check_grace_period, check_series, config_keys, default_value, exposed_series,
 };
 
 const PROGRAM: &str = "metrics-query";
@@ -41,6 +40,9 @@ fn monitoring_reads_only_series_the_service_exposes() {
     metrics.observe_cache("hit");
     metrics.observe_pool("default", 2, 1, 4);
     let exposed = exposed_series(&metrics.encode().unwrap());
-    assert!(exposed.contains("metrics_query_requests_total"), "{exposed:?}");
+    assert!(
+        exposed.contains("metrics_query_requests_total"),
+        "{exposed:?}"
+    );
     check_series("metrics_query_", &exposed, PROGRAM).assert_none();
 }
