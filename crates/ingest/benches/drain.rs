@@ -36,63 +36,28 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use metrics_aggregator::{DateRange, TableName};
-use metrics_events::{
-    Event, EventKind, Limits, RunCompleted, SessionCreated, SessionType, Usage, decode_message,
-};
+use metrics_events::{Event, EventKind, Limits, decode_message};
 use metrics_ingest::Settings;
 use metrics_ingest::topology::Topology;
+use metrics_publisher::traffic::{self, TrafficOptions};
 use metrics_test_support::{TestBroker, TestDatabase};
 use secrecy::ExposeSecret;
 
 /// The longest any phase may take before the benchmark gives up.
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
-/// `events` events: sessions of one `session.created` and three runs, 500 users, 30 days.
+/// About `events` events of `metrics-publisher`'s synthetic traffic (`traffic::events`, seed 1):
+/// `events / 4` sessions of 1 to 5 runs (3 on average), 500 users, 30 days from 2025-01-01.
 fn stream(events: usize) -> Vec<Event> {
-    let start = DateTime::<Utc>::from_timestamp(1_735_689_600, 0).unwrap();
-    let sessions = events / 4;
-    let span = 30 * 86_400;
-    let mut out = Vec::with_capacity(events);
-    for s in 0..sessions {
-        let offset = i64::try_from(s).unwrap() * span / i64::try_from(sessions).unwrap();
-        let time = start + chrono::Duration::seconds(offset);
-        let session_type = SessionType::ALL[s % 3];
-        let user_id = Some(format!("user-{}", s % 500));
-        let session_id = format!("session-{s}");
-        out.push(Event {
-            source: "agno://bench".to_owned(),
-            id: format!("created-{s}"),
-            time,
-            kind: EventKind::SessionCreated(SessionCreated {
-                session_id: session_id.clone(),
-                session_type,
-                user_id: user_id.clone(),
-            }),
-        });
-        for r in 0..3 {
-            out.push(Event {
-                source: "agno://bench".to_owned(),
-                id: format!("run-{s}-{r}"),
-                time: time + chrono::Duration::seconds(r + 1),
-                kind: EventKind::RunCompleted(RunCompleted {
-                    run_id: format!("run-{s}-{r}"),
-                    session_id: session_id.clone(),
-                    session_type,
-                    user_id: user_id.clone(),
-                    parent_run_id: None,
-                    model: Some(["gpt-4o", "claude-sonnet", "gemini"][s % 3].to_owned()),
-                    model_provider: Some("Provider".to_owned()),
-                    usage: Usage {
-                        input_tokens: 120,
-                        output_tokens: 40,
-                        total_tokens: 160,
-                        ..Usage::default()
-                    },
-                }),
-            });
-        }
-    }
-    out
+    traffic::events(&TrafficOptions {
+        sessions: events / 4,
+        users: 500,
+        start: DateTime::<Utc>::from_timestamp(1_735_689_600, 0).unwrap(),
+        days: 30,
+        source: "agno://bench".to_owned(),
+        seed: 1,
+        ..TrafficOptions::default()
+    })
 }
 
 fn bodies(events: &[Event], per_message: usize) -> Vec<Vec<u8>> {
@@ -244,7 +209,11 @@ async fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(200_000);
     let events = stream(total);
-    let runs = i64::try_from(events.len() / 4 * 3).unwrap();
+    let runs = events
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::RunCompleted(_)))
+        .count();
+    let runs = i64::try_from(runs).unwrap();
     println!("drain benchmark: {} events", events.len());
     println!();
     println!(

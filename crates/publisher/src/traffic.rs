@@ -125,22 +125,25 @@ fn type_index(session_type: SessionType) -> usize {
     }
 }
 
-/// Generates the traffic `options` describe.
-pub fn generate(options: &TrafficOptions) -> Traffic {
-    let mut rng = StdRng::seed_from_u64(options.seed);
-    let mut summary = Summary::default();
-    let mut events = Vec::new();
-    let mut cost = BigDecimal::from(0);
-    let mut users = BTreeSet::new();
-    let span = i64::from(options.days.max(1)) * 86_400;
+/// The distinct events of the traffic `options` describe, in time order: every session's
+/// `session.created` and its runs, without the redeliveries, re-sent runs, shuffling, poison and
+/// batching that [`generate`] adds. For fixtures and benchmarks that feed the aggregator or the
+/// decoder directly; the same options and seed give the same events as [`generate`] carries.
+pub fn events(options: &TrafficOptions) -> Vec<Event> {
+    let mut events = sessions(options, &mut StdRng::seed_from_u64(options.seed));
+    events.sort_by_key(|event| event.time);
+    events
+}
 
+/// The sessions and their runs, in generation order.
+fn sessions(options: &TrafficOptions, rng: &mut StdRng) -> Vec<Event> {
+    let mut events = Vec::new();
+    let span = i64::from(options.days.max(1)) * 86_400;
     for s in 0..options.sessions {
         let session_type = SessionType::ALL[rng.random_range(0..3)];
         let user = format!("user-{}", rng.random_range(0..options.users.max(1)));
-        users.insert(user.clone());
         let session_id = format!("{}-session-{s}", options.seed);
         let started = options.start + Duration::seconds(rng.random_range(0..span));
-        summary.sessions[type_index(session_type)] += 1;
         events.push(Event {
             source: options.source.clone(),
             id: format!("{}-created-{s}", options.seed),
@@ -158,11 +161,6 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
             let input = rng.random_range(50..4_000i64);
             let output = rng.random_range(10..1_500i64);
             let run_cost = BigDecimal::new(rng.random_range(1..50_000i64).into(), 6);
-            summary.runs[type_index(session_type)] += 1;
-            summary.input_tokens += input;
-            summary.output_tokens += output;
-            summary.total_tokens += input + output;
-            cost += &run_cost;
             events.push(Event {
                 source: options.source.clone(),
                 id: format!("{}-run-{s}-{r}", options.seed),
@@ -186,6 +184,31 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
                     },
                 }),
             });
+        }
+    }
+    events
+}
+
+/// Generates the traffic `options` describe.
+pub fn generate(options: &TrafficOptions) -> Traffic {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut summary = Summary::default();
+    let mut events = sessions(options, &mut rng);
+    let mut cost = BigDecimal::from(0);
+    let mut users = BTreeSet::new();
+    for event in &events {
+        match &event.kind {
+            EventKind::SessionCreated(session) => {
+                summary.sessions[type_index(session.session_type)] += 1;
+                users.extend(session.user_id.clone());
+            }
+            EventKind::RunCompleted(run) => {
+                summary.runs[type_index(run.session_type)] += 1;
+                summary.input_tokens += run.usage.input_tokens;
+                summary.output_tokens += run.usage.output_tokens;
+                summary.total_tokens += run.usage.total_tokens;
+                cost += &run.usage.cost;
+            }
         }
     }
     summary.distinct_events = events.len();

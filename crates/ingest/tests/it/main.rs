@@ -8,6 +8,7 @@
 
 mod admin;
 mod commands;
+mod deploy;
 mod faults;
 mod lifecycle;
 mod limits;

@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod binary;
 mod dashboard;
+mod deploy;
 mod errors;
 mod jwt;
 mod metrics;
