@@ -99,6 +99,8 @@ pub struct BatchSettings {
     pub max_events: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     pub wait_ms: u64,
+    /// Most bytes of message bodies held at once; caps the prefetch (`consumer::prefetch`).
+    pub memory_bytes: usize,
 }
 
 /// `[limits]`: see [`Limits`].
@@ -269,6 +271,11 @@ impl Settings {
             self.batch.wait_ms >= 1,
             "batch.wait_ms",
             "must be at least 1",
+        )?;
+        check(
+            self.batch.memory_bytes >= self.limits.max_body_bytes,
+            "batch.memory_bytes",
+            "must be at least `limits.max_body_bytes`, or a largest message would not fit",
         )?;
         check(
             self.limits.max_body_bytes >= 1,
@@ -517,6 +524,7 @@ mod tests {
             ("METRICS_AMQP__QUEUE", "amq.mine", "amqp.queue"),
             ("METRICS_ADMIN__LISTEN", "localhost", "admin.listen"),
             ("METRICS_BACKOFF__MAX_MS", "1", "backoff.max_ms"),
+            ("METRICS_BATCH__MEMORY_BYTES", "1000", "batch.memory_bytes"),
         ] {
             let err = Settings::from_sources(None, env(&[(key, value)])).unwrap_err();
             assert!(

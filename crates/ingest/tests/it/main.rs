@@ -11,6 +11,7 @@ mod commands;
 mod faults;
 mod lifecycle;
 mod limits;
+mod memory;
 mod pipeline;
 mod poison;
 mod support;
