@@ -11,7 +11,8 @@
 //! first, then the `metrics-ingest` binary (built with this profile, which is `release` plus line
 //! tables) drains it into a fresh database with only the connection settings overridden; its
 //! peak resident memory is the kernel's high-water mark, `VmHWM` in `/proc/<pid>/status`, read
-//! once every run is counted. RabbitMQ and PostgreSQL come from `TEST_AMQP_URL` and
+//! once every run is counted. The binary runs with `MALLOC_MMAP_THRESHOLD_=131072`, as the
+//! container image sets it. RabbitMQ and PostgreSQL come from `TEST_AMQP_URL` and
 //! `TEST_DATABASE_URL` (loopback by default); `MEMORY_SESSIONS` scales the traffic.
 #![expect(
     clippy::unwrap_used,
@@ -79,6 +80,8 @@ fn drain(amqp: &[(&str, String); 3], database: &TestDatabase, runs: i64) -> (Dur
         .envs(amqp.iter().map(|(key, value)| (key, value)))
         .env("METRICS_ADMIN__LISTEN", "127.0.0.1:0")
         .env("METRICS_LOG__LEVEL", "warn")
+        // As the container image sets it (deploy/Dockerfile, docs/ingest.md "Memory").
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -114,10 +117,11 @@ async fn main() {
     println!("| messages | events | bytes | drain time | peak RSS |");
     println!("| --- | --- | --- | --- | --- |");
     for (name, per_message) in SHAPES {
-        // The 1 MiB shape moves a megabyte per event: a tenth of the sessions is plenty.
+        // The 1 MiB shape moves a megabyte per event: a 200th of the sessions (about 200
+        // messages, eight times the prefetch window) is plenty.
         let traffic = generate(&TrafficOptions {
             sessions: if per_message == 0 {
-                sessions / 50
+                sessions / 200
             } else {
                 sessions
             },

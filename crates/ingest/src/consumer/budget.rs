@@ -96,7 +96,7 @@ mod tests {
             ("METRICS_AMQP__PREFETCH", "1000"),
             ("METRICS_BATCH__SIZE", "500"),
         ]);
-        assert_eq!(prefetch(&small_bodies), 512);
+        assert_eq!(prefetch(&small_bodies), 384);
         let tiny_budget = settings(&[
             ("METRICS_LIMITS__MAX_BODY_BYTES", "1000"),
             ("METRICS_BATCH__MEMORY_BYTES", "1999"),
