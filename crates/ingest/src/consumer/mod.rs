@@ -18,7 +18,7 @@
 //! - **Memory is bounded in bytes.** Every body held (prefetched, gathered, being written,
 //!   awaiting its dead letter) is an unacknowledged delivery, and the broker pushes at most the
 //!   prefetch count of them whatever their size; so the prefetch is capped at
-//!   `batch.memory_bytes / limits.max_body_bytes` ([`budget`]). A body over
+//!   `batch.memory_bytes / limits.max_body_bytes` (module `budget`). A body over
 //!   `limits.max_body_bytes` is dead-lettered as it arrives, never kept with a batch.
 //! - **Reconnect with backoff.** Any broker failure ends the session: the connection is dropped
 //!   (the broker requeues what was unacknowledged) and a new session connects, redeclares the
@@ -26,14 +26,15 @@
 //!
 //! The stages, one module each, and what flows between them:
 //!
-//! - [`session`]: connects, opens the channels, and drives the loop below until shutdown.
-//! - [`gather`]: deliveries into a [`gather::Batch`] of decoded [`gather::Pending`] messages.
-//! - [`settle`]: sorts a batch into events to write and [`dead_letter::DeadLetter`]s, writes and
+//! - `session`: connects, opens the channels, and drives the loop below until shutdown.
+//! - `gather`: deliveries into a `gather::Batch` of decoded `gather::Pending` messages.
+//! - `settle`: sorts a batch into events to write and `dead_letter::DeadLetter`s, writes and
 //!   dead-letters them at once, then acknowledges the batch with one `multiple` ack.
-//! - [`write`]: one [`write::Attempt`] of `apply`, retried while the failure is transient.
-//! - [`isolate`]: a batch the database refuses for good is written event by event, so only the
-//!   event at fault ends as a [`isolate::Written::Refused`].
-//! - [`dead_letter`]: publishes dead letters in confirm mode, headers trimmed to the frame size.
+//! - `write`: one `write::Attempt` of `apply`, retried while the failure is transient.
+//! - `isolate`: a batch the database refuses for good is written event by event, so only the
+//!   event at fault ends as an `isolate::Written::Refused`.
+//! - `dead_letter`: publishes dead letters in confirm mode, headers trimmed to the frame size.
+//! - `budget`: the prefetch cap, and the count of body bytes held (`metrics_ingest_held_bytes`).
 
 mod budget;
 mod dead_letter;
