@@ -10,16 +10,15 @@
 //! (`TEST_DATABASE_URL`), it measures in one run:
 //!
 //! 1. a bare lapin consumer that only acknowledges (each delivery on its own), on a quorum queue
-//!    declared exactly like the service's, with the service's prefetch;
+//!    declared exactly like the service's, with the service's prefetch (`consumer::prefetch`);
 //! 2. `apply` alone on the same events (decoded beforehand), in transactions of the service's
 //!    batch size, on a fresh database;
 //! 3. the `metrics-ingest` binary (built with this profile) draining the same queue contents
 //!    into a fresh database, timed from its start until every event is counted; its peak
 //!    resident memory is its `VmHWM` from `/proc`. The time includes the process's start.
 //!
-//! Settings come from the defaults and `METRICS_*` variables, except that batch messages run with
-//! a prefetch of 100 and batches of 50 deliveries. The last column, decoding alone, is the cost
-//! of `decode_message` on one core, which the service pays on top of `apply`.
+//! Settings come from the defaults and `METRICS_*` variables. The last column, decoding alone, is
+//! the cost of `decode_message` on one core, which the service pays on top of `apply`.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -100,7 +99,10 @@ async fn bare_consumer(broker: &TestBroker, settings: &Settings, messages: usize
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
-        .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+        .basic_qos(
+            metrics_ingest::consumer::prefetch(settings),
+            BasicQosOptions::default(),
+        )
         .await
         .unwrap();
     let started = Instant::now();
@@ -220,17 +222,10 @@ async fn main() {
         "| messages | bare consumer (acks only) | `apply` alone | metrics-ingest | ingest / slower limit | peak RSS | decoding alone (one core) |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    // Batch messages run with a prefetch of 100 messages (and 50 deliveries, 5,000 events, per
-    // transaction): the prefetch bounds the bodies held in memory, and 1,000 messages of 100
-    // events would be 30 MB of them (docs/ingest.md, "Memory").
-    for (per_message, tuning) in [(1, None), (100, Some((100, 50)))] {
+    for per_message in [1, 100] {
         let bodies = bodies(&events, per_message);
         let broker = TestBroker::new().await;
         let mut settings = settings(&TestDatabase::empty(), &broker);
-        if let Some((prefetch, size)) = tuning {
-            settings.amqp.prefetch = prefetch;
-            settings.batch.size = size;
-        }
         Topology::from_settings(&settings.amqp)
             .declare(broker.channel())
             .await
@@ -254,10 +249,13 @@ async fn main() {
             })
             .collect();
         let decode = decoding.elapsed();
-        let batch = settings
-            .batch
-            .max_events
-            .min(settings.batch.size * per_message);
+        let batch = settings.batch.max_events.min(
+            settings
+                .batch
+                .size
+                .min(usize::from(metrics_ingest::consumer::prefetch(&settings)))
+                * per_message,
+        );
         let apply = tokio::task::spawn_blocking(move || apply_alone(decoded, batch))
             .await
             .unwrap();
@@ -279,7 +277,7 @@ async fn main() {
         println!(
             "| {per_message} event(s) per message, {} messages (prefetch {}, batch {} deliveries) | {:.0} msg/s = {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0}% | {:.1} MiB | {:.0} events/s |",
             bodies.len(),
-            settings.amqp.prefetch,
+            metrics_ingest::consumer::prefetch(&settings),
             settings.batch.size,
             rate(bodies.len(), bare),
             bare_events,

@@ -118,6 +118,9 @@ pub struct BatchSettings {
     /// Longest wait for a batch to fill, in milliseconds.
     #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub wait_ms: u64,
+    /// Most bytes of message bodies held at once; caps the prefetch (`consumer::prefetch`).
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
+    pub memory_bytes: usize,
 }
 
 /// `[limits]`: see [`Limits`].
@@ -207,6 +210,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "batch.size",
                 "must not exceed `amqp.prefetch`, or a batch could never fill",
+            ));
+        }
+        if self.batch.memory_bytes < self.limits.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "batch.memory_bytes",
+                "must be at least `limits.max_body_bytes`, or a largest message would not fit",
             ));
         }
         if self.backoff.max_ms < self.backoff.min_ms {
@@ -416,6 +425,7 @@ mod tests {
             ("METRICS_AMQP__QUEUE", "amq.mine", "amqp.queue"),
             ("METRICS_ADMIN__LISTEN", "localhost", "admin.listen"),
             ("METRICS_BACKOFF__MAX_MS", "1", "backoff.max_ms"),
+            ("METRICS_BATCH__MEMORY_BYTES", "1000", "batch.memory_bytes"),
         ] {
             let err = Settings::from_sources(None, env(&[(key, value)])).unwrap_err();
             assert!(

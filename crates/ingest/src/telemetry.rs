@@ -2,6 +2,7 @@
 //! `metrics_service::telemetry`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -53,6 +54,8 @@ pub struct Metrics {
     apply_duration: Histogram,
     reconnects: Family<[(&'static str, &'static str); 1], Counter>,
     ready: Gauge,
+    held_bytes: Gauge,
+    held_bytes_max: Gauge,
 }
 
 impl Metrics {
@@ -94,6 +97,18 @@ impl Metrics {
             "1 while consuming with a usable channel, 0 while connecting or draining",
             ready.clone(),
         );
+        let held_bytes = Gauge::default();
+        registry.register(
+            "metrics_ingest_held_bytes",
+            "Bytes of message bodies held: gathered, being written or awaiting a dead letter",
+            held_bytes.clone(),
+        );
+        let held_bytes_max = Gauge::default();
+        registry.register(
+            "metrics_ingest_held_bytes_max",
+            "The most bytes of message bodies held at once since start (batch.memory_bytes bounds it)",
+            held_bytes_max.clone(),
+        );
         for outcome in [
             Outcome::Applied,
             Outcome::Duplicate,
@@ -113,6 +128,8 @@ impl Metrics {
             apply_duration,
             reconnects,
             ready,
+            held_bytes,
+            held_bytes_max,
         }
     }
 
@@ -151,6 +168,25 @@ impl Metrics {
     /// Publishes readiness.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Publishes the bytes of message bodies held now, and the most held so far.
+    pub fn set_held_bytes(&self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.held_bytes.set(bytes);
+        self.held_bytes_max
+            .inner()
+            .fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes of message bodies held now.
+    pub fn held_bytes(&self) -> i64 {
+        self.held_bytes.get()
+    }
+
+    /// The most bytes of message bodies held at once so far.
+    pub fn held_bytes_max(&self) -> i64 {
+        self.held_bytes_max.get()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -12,6 +12,7 @@ mod deploy;
 mod faults;
 mod lifecycle;
 mod limits;
+mod memory;
 mod pipeline;
 mod poison;
 mod support;
