@@ -18,7 +18,7 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use metrics_aggregator::schema::daily_metrics;
 use metrics_aggregator::{DateRange, TableName, apply, rebuild, register_table};
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use metrics_test_support::TestDatabase;
 
 /// A realistic stream: each session opens with `session.created` and has three runs; `users`
@@ -58,12 +58,14 @@ fn stream(sessions: usize, users: usize, days: i64) -> Vec<Event> {
                     model: Some(["gpt-4o", "claude-sonnet", "gemini"][s % 3].to_owned()),
                     model_provider: Some(["OpenAI", "Anthropic", "Google"][s % 3].to_owned()),
                     usage: Usage {
-                        input_tokens: input,
-                        output_tokens: input / 3,
-                        total_tokens: input + input / 3,
-                        cached_tokens: input / 10,
+                        tokens: Tokens {
+                            input_tokens: input,
+                            output_tokens: input / 3,
+                            total_tokens: input + input / 3,
+                            cached_tokens: input / 10,
+                            ..Tokens::default()
+                        },
                         cost: "0.00125".parse().unwrap(),
-                        ..Usage::default()
                     },
                 }),
             });

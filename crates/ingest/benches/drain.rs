@@ -37,7 +37,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use metrics_aggregator::{DateRange, TableName};
 use metrics_events::{
-    Event, EventKind, Limits, RunCompleted, SessionCreated, SessionType, Usage, decode_message,
+    Event, EventKind, Limits, RunCompleted, SessionCreated, SessionType, Tokens, Usage,
+    decode_message,
 };
 use metrics_ingest::Settings;
 use metrics_ingest::topology::Topology;
@@ -83,9 +84,12 @@ fn stream(events: usize) -> Vec<Event> {
                     model: Some(["gpt-4o", "claude-sonnet", "gemini"][s % 3].to_owned()),
                     model_provider: Some("Provider".to_owned()),
                     usage: Usage {
-                        input_tokens: 120,
-                        output_tokens: 40,
-                        total_tokens: 160,
+                        tokens: Tokens {
+                            input_tokens: 120,
+                            output_tokens: 40,
+                            total_tokens: 160,
+                            ..Tokens::default()
+                        },
                         ..Usage::default()
                     },
                 }),
@@ -99,12 +103,12 @@ fn bodies(events: &[Event], per_message: usize) -> Vec<Vec<u8>> {
     if per_message == 1 {
         events
             .iter()
-            .map(|event| serde_json::to_vec(&metrics_events::encode(event)).unwrap())
+            .map(|event| serde_json::to_vec(&metrics_events::encode(event).unwrap()).unwrap())
             .collect()
     } else {
         events
             .chunks(per_message)
-            .map(|chunk| serde_json::to_vec(&metrics_events::encode_batch(chunk)).unwrap())
+            .map(|chunk| serde_json::to_vec(&metrics_events::encode_batch(chunk).unwrap()).unwrap())
             .collect()
     }
 }

@@ -14,7 +14,7 @@ use chrono::{Days, Utc};
 use clap::Parser;
 use diesel::{Connection, PgConnection};
 use metrics_aggregator::TableName;
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -75,15 +75,17 @@ fn main() -> anyhow::Result<()> {
                         model: Some(model.to_owned()),
                         model_provider: Some(provider.to_owned()),
                         usage: Usage {
-                            input_tokens: tokens,
-                            output_tokens: tokens / 3,
-                            total_tokens: tokens + tokens / 3,
-                            audio_tokens: 0,
-                            input_audio_tokens: 0,
-                            output_audio_tokens: 0,
-                            cached_tokens: tokens / 5,
-                            cache_write_tokens: tokens / 7,
-                            reasoning_tokens: tokens / 11,
+                            tokens: Tokens {
+                                input_tokens: tokens,
+                                output_tokens: tokens / 3,
+                                total_tokens: tokens + tokens / 3,
+                                audio_tokens: 0,
+                                input_audio_tokens: 0,
+                                output_audio_tokens: 0,
+                                cached_tokens: tokens / 5,
+                                cache_write_tokens: tokens / 7,
+                                reasoning_tokens: tokens / 11,
+                            },
                             cost: BigDecimal::from_str("0.000125")? * BigDecimal::from(tokens),
                         },
                     }),
