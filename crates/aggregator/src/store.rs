@@ -1,7 +1,9 @@
 //! The store of [`crate::apply`]: the statements that read the state a batch's plan folds over
-//! and write back what it changed. Every statement takes its keys and values as one array per
-//! column (`unnest`): its text is constant whatever the batch size, so PostgreSQL parses and
-//! plans it alike for every batch, and a batch costs one round trip per statement, not per row.
+//! and write back what it changed. The statements that carry most rows (new runs, sessions and
+//! (day, user) pairs, replaced runs, day rows) take their values as one array per column
+//! (`unnest`): their text is constant whatever the batch size, so PostgreSQL parses and plans
+//! them alike for every batch, and a batch costs one round trip per statement, not per row.
+//! Sessions that move (rare) are written with diesel's multi-row `VALUES`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -143,6 +145,7 @@ const INSERT_DAY_USERS: &str = "INSERT INTO day_users (table_id, date, user_id) 
      SELECT $1, * FROM unnest($2::date[], $3::text[]) \
      ON CONFLICT DO NOTHING RETURNING table_id, date, user_id";
 
+/// Writes whole sessions over the stored ones.
 pub(crate) fn write_sessions(
     conn: &mut PgConnection,
     records: &[&SessionRecord],
@@ -254,7 +257,8 @@ pub(crate) fn insert_day_users(
 
 /// `INSERT INTO {table} (table_id, {columns}) SELECT $1, * FROM unnest($2::{type}[], ...)`: one
 /// array per column, bound from `$2` on in the order of `columns` (name, SQL type), then
-/// `ON CONFLICT ({conflict})` and `on_conflict`; `DO UPDATE` sets every column but `keep`.
+/// `ON CONFLICT ({conflict})`: `DO NOTHING RETURNING {returning} AS key` when `returning` names a
+/// column, else `DO UPDATE` of every column but those in `keep`.
 fn insert_from_arrays(
     table: &str,
     columns: &[(&str, &str)],
