@@ -63,12 +63,12 @@ fn bodies(events: &[Event], per_message: usize) -> Vec<Vec<u8>> {
     if per_message == 1 {
         events
             .iter()
-            .map(|event| serde_json::to_vec(&metrics_events::encode(event)).unwrap())
+            .map(|event| serde_json::to_vec(&metrics_events::encode(event).unwrap()).unwrap())
             .collect()
     } else {
         events
             .chunks(per_message)
-            .map(|chunk| serde_json::to_vec(&metrics_events::encode_batch(chunk)).unwrap())
+            .map(|chunk| serde_json::to_vec(&metrics_events::encode_batch(chunk).unwrap()).unwrap())
             .collect()
     }
 }

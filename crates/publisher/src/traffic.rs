@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Duration, Utc};
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -174,13 +174,15 @@ fn sessions(options: &TrafficOptions, rng: &mut StdRng) -> Vec<Event> {
                     model: Some(model.to_owned()),
                     model_provider: provider.map(str::to_owned),
                     usage: Usage {
-                        input_tokens: input,
-                        output_tokens: output,
-                        total_tokens: input + output,
-                        cached_tokens: input / 4,
-                        reasoning_tokens: output / 5,
+                        tokens: Tokens {
+                            input_tokens: input,
+                            output_tokens: output,
+                            total_tokens: input + output,
+                            cached_tokens: input / 4,
+                            reasoning_tokens: output / 5,
+                            ..Tokens::default()
+                        },
                         cost: run_cost,
-                        ..Usage::default()
                     },
                 }),
             });
@@ -204,9 +206,9 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
             }
             EventKind::RunCompleted(run) => {
                 summary.runs[type_index(run.session_type)] += 1;
-                summary.input_tokens += run.usage.input_tokens;
-                summary.output_tokens += run.usage.output_tokens;
-                summary.total_tokens += run.usage.total_tokens;
+                summary.input_tokens += run.usage.tokens.input_tokens;
+                summary.output_tokens += run.usage.tokens.output_tokens;
+                summary.total_tokens += run.usage.tokens.total_tokens;
                 cost += &run.usage.cost;
             }
         }
@@ -252,7 +254,7 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
     }
     summary.events_sent = events.len();
 
-    let mut messages: Vec<OutgoingMessage> = if options.batch <= 1 {
+    let encoded: Result<Vec<OutgoingMessage>, _> = if options.batch <= 1 {
         events.iter().map(OutgoingMessage::event).collect()
     } else {
         events
@@ -260,6 +262,11 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
             .map(OutgoingMessage::batch)
             .collect()
     };
+    #[expect(
+        clippy::expect_used,
+        reason = "generated counts are non-negative and costs have six decimals: a double holds them"
+    )]
+    let mut messages = encoded.expect("generated events encode");
     let poison = (messages.len() as f64 * options.poison.clamp(0.0, 1.0)).round() as usize;
     for p in 0..poison {
         let at = rng.random_range(0..=messages.len());
