@@ -1,8 +1,12 @@
-//! Reading a metrics table's rows for `GET /metrics`: all users' rows, or one user's.
+//! Reading a metrics table's rows for `GET /metrics`: all users' rows, or one user's, as
+//! decoded rows ([`read`], [`read_user`]) or as the JSON PostgreSQL keeps with each row
+//! ([`read_rendered`], [`stream_rendered`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel::dsl::max;
+use diesel::dsl::{max, sql};
+use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
 use metrics_events::{MAX_DATE, MIN_DATE};
 
 use crate::models::{DailyMetrics, UserDailyMetrics};
@@ -94,6 +98,117 @@ pub fn read_user(
         .map(|row| row.into_parts().1)
         .collect();
     Ok(MetricsPage { rows, updated_at })
+}
+
+/// A metrics table's rows within a range as `GET /metrics` serves them, and the table's latest
+/// change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderedPage {
+    /// The rows' JSON objects (`DayAggregatedMetrics`, each row's `rendered` column), ascending by
+    /// date and joined by commas: the inside of the response's `metrics` array.
+    pub rows: String,
+    /// As [`MetricsPage::updated_at`].
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The rows of metrics table `table` within `range` as [`read`] (`user`: `None`) or
+/// [`read_user`] (`Some`) finds them, each already rendered: PostgreSQL keeps every row's JSON
+/// object in its generated `rendered` column, so a read is an index range scan and one
+/// concatenation (`string_agg`), with nothing to decode or render per row.
+///
+/// # Errors
+///
+/// The database error when a query fails.
+pub fn read_rendered(
+    conn: &mut PgConnection,
+    table: &str,
+    user: Option<&str>,
+    range: DateRange,
+) -> QueryResult<RenderedPage> {
+    let updated_at = latest_change(conn, table)?;
+    if updated_at.is_none() || user.is_some_and(|user| user.contains('\0')) {
+        return Ok(RenderedPage {
+            rows: String::new(),
+            updated_at,
+        });
+    }
+    let (start, end) = bounds(range);
+    // One statement text per table kind, kept prepared per connection like `read`'s.
+    let joined = sql::<Nullable<Text>>("string_agg(rendered, ',' ORDER BY date)");
+    let rows: Option<String> = match user {
+        None => daily_metrics::table
+            .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
+            .filter(daily_metrics::date.between(start, end))
+            .select(joined)
+            .get_result(conn)?,
+        Some(user) => user_daily_metrics::table
+            .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
+            .filter(user_daily_metrics::user_id.eq(user))
+            .filter(user_daily_metrics::date.between(start, end))
+            .select(joined)
+            .get_result(conn)?,
+    };
+    Ok(RenderedPage {
+        rows: rows.unwrap_or_default(),
+        updated_at,
+    })
+}
+
+/// Like [`read_rendered`], but hands the rows' JSON objects to `each` one at a time, ascending
+/// by date, as PostgreSQL sends them (libpq's single-row mode): memory stays bounded whatever
+/// the number of rows. `each` returning `false` stops the read. Returns the table's latest
+/// change, read before the rows.
+///
+/// # Errors
+///
+/// The database error when a query fails.
+pub fn stream_rendered(
+    conn: &mut PgConnection,
+    table: &str,
+    user: Option<&str>,
+    range: DateRange,
+    mut each: impl FnMut(&str) -> bool,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    let updated_at = latest_change(conn, table)?;
+    if updated_at.is_none() || user.is_some_and(|user| user.contains('\0')) {
+        return Ok(updated_at);
+    }
+    let (start, end) = bounds(range);
+    let mut feed = |rows: &mut dyn Iterator<Item = QueryResult<Option<String>>>| {
+        for row in rows {
+            if !each(row?.as_deref().unwrap_or_default()) {
+                break;
+            }
+        }
+        Ok(updated_at)
+    };
+    match user {
+        None => feed(
+            &mut daily_metrics::table
+                .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
+                .filter(daily_metrics::date.between(start, end))
+                .select(daily_metrics::rendered)
+                .order(daily_metrics::date.asc())
+                .load_iter::<Option<String>, PgRowByRowLoadingMode>(conn)?,
+        ),
+        Some(user) => feed(
+            &mut user_daily_metrics::table
+                .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
+                .filter(user_daily_metrics::user_id.eq(user))
+                .filter(user_daily_metrics::date.between(start, end))
+                .select(user_daily_metrics::rendered)
+                .order(user_daily_metrics::date.asc())
+                .load_iter::<Option<String>, PgRowByRowLoadingMode>(conn)?,
+        ),
+    }
+}
+
+/// A range's bounds, open ones at the contract's date limits.
+fn bounds(range: DateRange) -> (NaiveDate, NaiveDate) {
+    (
+        range.start.unwrap_or(MIN_DATE),
+        range.end.unwrap_or(MAX_DATE),
+    )
 }
 
 /// The latest `updated_at` of any row of metrics table `table`, all-users or per-user, in two
