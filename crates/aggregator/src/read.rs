@@ -12,6 +12,17 @@ use metrics_events::{MAX_DATE, MIN_DATE};
 use crate::models::{DailyMetrics, UserDailyMetrics};
 use crate::schema::{daily_metrics, metrics_tables, user_daily_metrics};
 
+/// A row's JSON object, written by PostgreSQL (`metrics_day_json`, the aggregator's migrations).
+macro_rules! row_json {
+    () => {
+        "metrics_day_json(id, agent_runs_count, agent_sessions_count, team_runs_count, \
+         team_sessions_count, workflow_runs_count, workflow_sessions_count, users_count, \
+         input_tokens, output_tokens, total_tokens, audio_tokens, input_audio_tokens, \
+         output_audio_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost, \
+         model_metrics, date, created_at, updated_at)"
+    };
+}
+
 /// An inclusive range of UTC days; an absent bound is open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DateRange {
@@ -104,17 +115,17 @@ pub fn read_user(
 /// change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderedPage {
-    /// The rows' JSON objects (`DayAggregatedMetrics`, each row's `rendered` column), ascending by
-    /// date and joined by commas: the inside of the response's `metrics` array.
+    /// The rows' JSON objects (`DayAggregatedMetrics`, written by PostgreSQL), ascending by date
+    /// and joined by commas: the inside of the response's `metrics` array.
     pub rows: String,
     /// As [`MetricsPage::updated_at`].
     pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// The rows of metrics table `table` within `range` as [`read`] (`user`: `None`) or
-/// [`read_user`] (`Some`) finds them, each already rendered: PostgreSQL keeps every row's JSON
-/// object in its generated `rendered` column, so a read is an index range scan and one
-/// concatenation (`string_agg`), with nothing to decode or render per row.
+/// [`read_user`] (`Some`) finds them, each already rendered: PostgreSQL writes every row's JSON
+/// object (`metrics_day_json`) and joins them (`string_agg`), so the service receives one value
+/// and has nothing to decode or render per row.
 ///
 /// # Errors
 ///
@@ -134,7 +145,7 @@ pub fn read_rendered(
     }
     let (start, end) = bounds(range);
     // One statement text per table kind, kept prepared per connection like `read`'s.
-    let joined = sql::<Nullable<Text>>("string_agg(rendered, ',' ORDER BY date)");
+    let joined = sql::<Nullable<Text>>(concat!("string_agg(", row_json!(), ", ',' ORDER BY date)"));
     let rows: Option<String> = match user {
         None => daily_metrics::table
             .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
@@ -187,7 +198,7 @@ pub fn stream_rendered(
             &mut daily_metrics::table
                 .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
                 .filter(daily_metrics::date.between(start, end))
-                .select(daily_metrics::rendered)
+                .select(sql::<Nullable<Text>>(row_json!()))
                 .order(daily_metrics::date.asc())
                 .load_iter::<Option<String>, PgRowByRowLoadingMode>(conn)?,
         ),
@@ -196,7 +207,7 @@ pub fn stream_rendered(
                 .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
                 .filter(user_daily_metrics::user_id.eq(user))
                 .filter(user_daily_metrics::date.between(start, end))
-                .select(user_daily_metrics::rendered)
+                .select(sql::<Nullable<Text>>(row_json!()))
                 .order(user_daily_metrics::date.asc())
                 .load_iter::<Option<String>, PgRowByRowLoadingMode>(conn)?,
         ),

@@ -25,7 +25,6 @@ diesel::table! {
         model_metrics -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        rendered -> Nullable<Text>,
     }
 }
 
@@ -123,7 +122,6 @@ diesel::table! {
         model_metrics -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        rendered -> Nullable<Text>,
     }
 }
 

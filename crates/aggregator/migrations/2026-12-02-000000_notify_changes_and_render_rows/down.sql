@@ -1,5 +1,3 @@
-ALTER TABLE user_daily_metrics DROP COLUMN rendered;
-ALTER TABLE daily_metrics DROP COLUMN rendered;
 DROP FUNCTION metrics_day_json(uuid, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, numeric, jsonb, date, timestamptz, timestamptz);
 DROP FUNCTION metrics_json_decimal(numeric);
 DROP TRIGGER metrics_tables_notify_changed ON metrics_tables;

@@ -4,8 +4,10 @@
 --    `metrics_changed` (LISTEN/NOTIFY), so the service learns of it without asking per request.
 --    Statement-level triggers: one notification per statement (PostgreSQL folds the identical
 --    ones of a transaction into one, delivered at commit), whatever the writer.
--- 2. Each row keeps its own JSON object of GET /metrics (`DayAggregatedMetrics`, byte for byte
---    as the service renders it) in a generated column, so that a read is a concatenation.
+-- 2. PostgreSQL writes a row's JSON object of GET /metrics (`DayAggregatedMetrics`, byte for
+--    byte as the service renders it), so that a read receives the body's rows ready-made
+--    instead of decoding and rendering two dozen columns per row. (Computed when read, not kept
+--    in a generated column: that would cost every writer's upsert the rendering.)
 
 CREATE FUNCTION metrics_notify_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -122,18 +124,3 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION metrics_day_json(uuid, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, numeric, jsonb, date, timestamptz, timestamptz) IS 'A daily row as the JSON object GET /metrics serves.';
-
-ALTER TABLE daily_metrics ADD COLUMN rendered text GENERATED ALWAYS AS (metrics_day_json(
-    id, agent_runs_count, agent_sessions_count, team_runs_count, team_sessions_count,
-    workflow_runs_count, workflow_sessions_count, users_count, input_tokens, output_tokens,
-    total_tokens, audio_tokens, input_audio_tokens, output_audio_tokens, cached_tokens,
-    cache_write_tokens, reasoning_tokens, cost, model_metrics, date, created_at, updated_at
-)) STORED;
-COMMENT ON COLUMN daily_metrics.rendered IS 'The row as GET /metrics serves it (metrics_day_json), kept with the row.';
-ALTER TABLE user_daily_metrics ADD COLUMN rendered text GENERATED ALWAYS AS (metrics_day_json(
-    id, agent_runs_count, agent_sessions_count, team_runs_count, team_sessions_count,
-    workflow_runs_count, workflow_sessions_count, users_count, input_tokens, output_tokens,
-    total_tokens, audio_tokens, input_audio_tokens, output_audio_tokens, cached_tokens,
-    cache_write_tokens, reasoning_tokens, cost, model_metrics, date, created_at, updated_at
-)) STORED;
-COMMENT ON COLUMN user_daily_metrics.rendered IS 'The row as GET /metrics?user_id= serves it (metrics_day_json), kept with the row.';

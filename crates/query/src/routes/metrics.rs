@@ -1,8 +1,9 @@
 //! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`, and
 //! `agentos-compat.md` for `user_id`), and the response: all users' rows or one user's.
 //!
-//! PostgreSQL keeps each row's JSON object with the row (the generated `rendered` column, the
-//! aggregator's migrations), so a body is a concatenation: the rows of a range of up to
+//! PostgreSQL writes each row's JSON object (`metrics_day_json`, the aggregator's migrations), so
+//! the service decodes and renders nothing per row and a body is a concatenation: the rows of a
+//! range of up to
 //! [`WHOLE_READ_DAYS`] days come joined in one value; longer and open ranges come row by row and,
 //! past [`STREAM_AFTER_BYTES`], are sent as they come, so memory stays bounded whatever the
 //! table holds (a database error midway then cuts the body short).
