@@ -1,27 +1,14 @@
 //! Reading a metrics table's rows for `GET /metrics`: all users' rows, or one user's, as
-//! decoded rows ([`read`], [`read_user`]) or as the JSON PostgreSQL keeps with each row
-//! ([`read_rendered`], [`stream_rendered`]).
+//! whole pages ([`read`], [`read_user`]) or row by row ([`stream`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel::dsl::{max, sql};
+use diesel::dsl::max;
 use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text};
 use metrics_events::{MAX_DATE, MIN_DATE};
 
 use crate::models::{DailyMetrics, UserDailyMetrics};
 use crate::schema::{daily_metrics, metrics_tables, user_daily_metrics};
-
-/// A row's JSON object, written by PostgreSQL (`metrics_day_json`, the aggregator's migrations).
-macro_rules! row_json {
-    () => {
-        "metrics_day_json(id, agent_runs_count, agent_sessions_count, team_runs_count, \
-         team_sessions_count, workflow_runs_count, workflow_sessions_count, users_count, \
-         input_tokens, output_tokens, total_tokens, audio_tokens, input_audio_tokens, \
-         output_audio_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost, \
-         model_metrics, date, created_at, updated_at)"
-    };
-}
 
 /// An inclusive range of UTC days; an absent bound is open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,107 +98,56 @@ pub fn read_user(
     Ok(MetricsPage { rows, updated_at })
 }
 
-/// A metrics table's rows within a range as `GET /metrics` serves them, and the table's latest
-/// change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RenderedPage {
-    /// The rows' JSON objects (`DayAggregatedMetrics`, written by PostgreSQL), ascending by date
-    /// and joined by commas: the inside of the response's `metrics` array.
-    pub rows: String,
-    /// As [`MetricsPage::updated_at`].
-    pub updated_at: Option<DateTime<Utc>>,
-}
-
-/// The rows of metrics table `table` within `range` as [`read`] (`user`: `None`) or
-/// [`read_user`] (`Some`) finds them, each already rendered: PostgreSQL writes every row's JSON
-/// object (`metrics_day_json`) and joins them (`string_agg`), so the service receives one value
-/// and has nothing to decode or render per row.
+/// Like [`read`] (`user`: `None`) or [`read_user`] (`Some`), but hands the rows to `each` one
+/// at a time, ascending by date, as PostgreSQL sends them (libpq's single-row mode): memory
+/// stays bounded whatever the number of rows. `each` returning `false` stops the read. Returns
+/// the table's latest change, read before the rows.
 ///
 /// # Errors
 ///
 /// The database error when a query fails.
-pub fn read_rendered(
+pub fn stream(
     conn: &mut PgConnection,
     table: &str,
     user: Option<&str>,
     range: DateRange,
-) -> QueryResult<RenderedPage> {
-    let updated_at = latest_change(conn, table)?;
-    if updated_at.is_none() || user.is_some_and(|user| user.contains('\0')) {
-        return Ok(RenderedPage {
-            rows: String::new(),
-            updated_at,
-        });
-    }
-    let (start, end) = bounds(range);
-    // One statement text per table kind, kept prepared per connection like `read`'s.
-    let joined = sql::<Nullable<Text>>(concat!("string_agg(", row_json!(), ", ',' ORDER BY date)"));
-    let rows: Option<String> = match user {
-        None => daily_metrics::table
-            .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
-            .filter(daily_metrics::date.between(start, end))
-            .select(joined)
-            .get_result(conn)?,
-        Some(user) => user_daily_metrics::table
-            .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
-            .filter(user_daily_metrics::user_id.eq(user))
-            .filter(user_daily_metrics::date.between(start, end))
-            .select(joined)
-            .get_result(conn)?,
-    };
-    Ok(RenderedPage {
-        rows: rows.unwrap_or_default(),
-        updated_at,
-    })
-}
-
-/// Like [`read_rendered`], but hands the rows' JSON objects to `each` one at a time, ascending
-/// by date, as PostgreSQL sends them (libpq's single-row mode): memory stays bounded whatever
-/// the number of rows. `each` returning `false` stops the read. Returns the table's latest
-/// change, read before the rows.
-///
-/// # Errors
-///
-/// The database error when a query fails.
-pub fn stream_rendered(
-    conn: &mut PgConnection,
-    table: &str,
-    user: Option<&str>,
-    range: DateRange,
-    mut each: impl FnMut(&str) -> bool,
+    mut each: impl FnMut(&DailyMetrics) -> bool,
 ) -> QueryResult<Option<DateTime<Utc>>> {
     let updated_at = latest_change(conn, table)?;
     if updated_at.is_none() || user.is_some_and(|user| user.contains('\0')) {
         return Ok(updated_at);
     }
     let (start, end) = bounds(range);
-    let mut feed = |rows: &mut dyn Iterator<Item = QueryResult<Option<String>>>| {
-        for row in rows {
-            if !each(row?.as_deref().unwrap_or_default()) {
-                break;
-            }
-        }
-        Ok(updated_at)
-    };
     match user {
-        None => feed(
-            &mut daily_metrics::table
+        None => {
+            let rows = daily_metrics::table
                 .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
                 .filter(daily_metrics::date.between(start, end))
-                .select(sql::<Nullable<Text>>(row_json!()))
+                .select(DailyMetrics::as_select())
                 .order(daily_metrics::date.asc())
-                .load_iter::<Option<String>, PgRowByRowLoadingMode>(conn)?,
-        ),
-        Some(user) => feed(
-            &mut user_daily_metrics::table
+                .load_iter::<DailyMetrics, PgRowByRowLoadingMode>(conn)?;
+            for row in rows {
+                if !each(&row?) {
+                    break;
+                }
+            }
+        }
+        Some(user) => {
+            let rows = user_daily_metrics::table
                 .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
                 .filter(user_daily_metrics::user_id.eq(user))
                 .filter(user_daily_metrics::date.between(start, end))
-                .select(sql::<Nullable<Text>>(row_json!()))
+                .select(UserDailyMetrics::as_select())
                 .order(user_daily_metrics::date.asc())
-                .load_iter::<Option<String>, PgRowByRowLoadingMode>(conn)?,
-        ),
+                .load_iter::<UserDailyMetrics, PgRowByRowLoadingMode>(conn)?;
+            for row in rows {
+                if !each(&row?.into_parts().1) {
+                    break;
+                }
+            }
+        }
     }
+    Ok(updated_at)
 }
 
 /// A range's bounds, open ones at the contract's date limits.

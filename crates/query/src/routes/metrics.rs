@@ -1,16 +1,11 @@
 //! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`, and
 //! `agentos-compat.md` for `user_id`), and the response: all users' rows or one user's.
 //!
-//! PostgreSQL writes each row's JSON object (`metrics_day_json`, the aggregator's migrations), so
-//! the service decodes and renders nothing per row and a body is a concatenation: the rows of a
-//! range of up to
-//! [`WHOLE_READ_DAYS`] days come joined in one value; longer and open ranges come row by row and,
-//! past [`STREAM_AFTER_BYTES`], are sent as they come, so memory stays bounded whatever the
+//! The body is written by hand-rolled `Serialize` impls over [`DailyMetrics`]: no intermediate
+//! `serde_json::Value`, no per-request maps, one buffer sized up front. A range of up to
+//! [`WHOLE_READ_DAYS`] days is read and rendered whole; longer and open ranges are read row by
+//! row and, past [`STREAM_AFTER_BYTES`], sent as they come, so memory stays bounded whatever the
 //! table holds (a database error midway then cuts the body short).
-//!
-//! [`render`] and [`render_rows`] write the same objects from decoded [`DailyMetrics`] with
-//! hand-rolled `Serialize` impls (the body of a synchronous refresh, and the reference the
-//! stored objects are tested against).
 
 use std::fmt;
 use std::sync::Arc;
@@ -269,17 +264,13 @@ async fn read_body(
     if whole {
         return web::block(move || {
             let mut conn = pool.get()?;
-            let page = metrics_aggregator::read_rendered(
-                &mut conn,
-                key.table.as_str(),
-                key.user.as_deref(),
-                range,
-            )?;
-            let mut body = Vec::with_capacity(HEAD.len() + page.rows.len() + 40);
-            body.extend_from_slice(HEAD);
-            body.extend_from_slice(page.rows.as_bytes());
-            tail(&mut body, page.updated_at);
-            let body = Bytes::from(body);
+            let page = match &key.user {
+                None => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
+                Some(user) => {
+                    metrics_aggregator::read_user(&mut conn, key.table.as_str(), user, range)?
+                }
+            };
+            let body = Bytes::from(render(&page)?);
             if let Some(cache) = &cache {
                 cache.put_versions(key, page.updated_at, notified, body.clone());
             }
@@ -312,10 +303,11 @@ fn read_streaming(
         rest: None,
         body: Vec::with_capacity(CHUNK_BYTES),
         rows: 0,
+        failed: None,
     };
     sink.body.extend_from_slice(HEAD);
     let read = pool.get().map_err(anyhow::Error::new).and_then(|mut conn| {
-        metrics_aggregator::stream_rendered(
+        metrics_aggregator::stream(
             &mut conn,
             key.table.as_str(),
             key.user.as_deref(),
@@ -324,6 +316,10 @@ fn read_streaming(
         )
         .map_err(anyhow::Error::new)
     });
+    let read = match sink.failed.take() {
+        Some(err) => Err(anyhow::Error::new(err)),
+        None => read,
+    };
     match read {
         Ok(stamp) => {
             tail(&mut sink.body, stamp);
@@ -363,16 +359,21 @@ struct Sink {
     /// What is not sent yet.
     body: Vec<u8>,
     rows: usize,
+    /// A row that could not be rendered.
+    failed: Option<serde_json::Error>,
 }
 
 impl Sink {
     /// Adds a row; false when nobody waits for the body any more.
-    fn row(&mut self, row: &str) -> bool {
+    fn row(&mut self, row: &DailyMetrics) -> bool {
         if self.rows > 0 {
             self.body.push(b',');
         }
         self.rows += 1;
-        self.body.extend_from_slice(row.as_bytes());
+        if let Err(err) = serde_json::to_writer(&mut self.body, &Row(row)) {
+            self.failed = Some(err);
+            return false;
+        }
         match &self.rest {
             Some(_) if self.body.len() >= CHUNK_BYTES => self.send(),
             Some(_) => true,

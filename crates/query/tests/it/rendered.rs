@@ -1,6 +1,5 @@
-//! The rows' JSON that PostgreSQL keeps with each row (and the service concatenates) is, byte
-//! for byte, what the service's own renderer writes from the decoded rows; long and open ranges
-//! stream it row by row.
+//! Bodies are, byte for byte, what the renderer writes from the decoded rows, whether read whole
+//! or (long and open ranges) row by row and streamed.
 
 use diesel::RunQueryDsl;
 use metrics_aggregator::DateRange;
