@@ -1,7 +1,9 @@
-//! Reading a metrics table's rows for `GET /metrics`: all users' rows, or one user's.
+//! Reading a metrics table's rows for `GET /metrics`: all users' rows, or one user's, as
+//! whole pages ([`read`], [`read_user`]) or row by row ([`stream`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::dsl::max;
+use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
 use metrics_events::{MAX_DATE, MIN_DATE};
 
@@ -94,6 +96,66 @@ pub fn read_user(
         .map(|row| row.into_parts().1)
         .collect();
     Ok(MetricsPage { rows, updated_at })
+}
+
+/// Like [`read`] (`user`: `None`) or [`read_user`] (`Some`), but hands the rows to `each` one
+/// at a time, ascending by date, as PostgreSQL sends them (libpq's single-row mode): memory
+/// stays bounded whatever the number of rows. `each` returning `false` stops the read. Returns
+/// the table's latest change, read before the rows.
+///
+/// # Errors
+///
+/// The database error when a query fails.
+pub fn stream(
+    conn: &mut PgConnection,
+    table: &str,
+    user: Option<&str>,
+    range: DateRange,
+    mut each: impl FnMut(&DailyMetrics) -> bool,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    let updated_at = latest_change(conn, table)?;
+    if updated_at.is_none() || user.is_some_and(|user| user.contains('\0')) {
+        return Ok(updated_at);
+    }
+    let (start, end) = bounds(range);
+    match user {
+        None => {
+            let rows = daily_metrics::table
+                .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
+                .filter(daily_metrics::date.between(start, end))
+                .select(DailyMetrics::as_select())
+                .order(daily_metrics::date.asc())
+                .load_iter::<DailyMetrics, PgRowByRowLoadingMode>(conn)?;
+            for row in rows {
+                if !each(&row?) {
+                    break;
+                }
+            }
+        }
+        Some(user) => {
+            let rows = user_daily_metrics::table
+                .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
+                .filter(user_daily_metrics::user_id.eq(user))
+                .filter(user_daily_metrics::date.between(start, end))
+                .select(UserDailyMetrics::as_select())
+                .order(user_daily_metrics::date.asc())
+                .load_iter::<UserDailyMetrics, PgRowByRowLoadingMode>(conn)?;
+            for row in rows {
+                if !each(&row?.into_parts().1) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(updated_at)
+}
+
+/// A range's bounds, open ones at the contract's date limits.
+fn bounds(range: DateRange) -> (NaiveDate, NaiveDate) {
+    (
+        range.start.unwrap_or(MIN_DATE),
+        range.end.unwrap_or(MAX_DATE),
+    )
 }
 
 /// The latest `updated_at` of any row of metrics table `table`, all-users or per-user, in two

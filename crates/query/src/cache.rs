@@ -1,6 +1,14 @@
 //! [`PageCache`]: rendered `GET /metrics` bodies, reused while their table has not changed.
 //!
-//! A request first learns the table's latest change
+//! While the database's change listener listens ([`crate::listener`]), a request learns whether
+//! anything changed without asking the database: an entry stored under the current
+//! [`Changes::version`] is served as is, with no round trip. The version a body is stored under
+//! is the one read before its rows were read, so a change committed meanwhile kills the entry.
+//! Otherwise (no entry under the version, or nobody listening) the request falls back to the
+//! stamp: an entry whose stamp equals the table's latest change is served (and, when listening,
+//! tagged with the version read before the stamp, so the next request needs no round trip).
+//!
+//! The stamp path: a request first learns the table's latest change
 //! ([`latest_change`](metrics_aggregator::latest_change), one index probe; the aggregator's stamps
 //! increase strictly with every commit). An entry rendered under the same stamp is served as is;
 //! anything else reads and renders the rows.
@@ -30,7 +38,11 @@ use actix_web::web::{self, Bytes};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use metrics_aggregator::{Pool, TableName};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::{self, Changes};
 
 /// What a cached body answers: a database (by position), a table, a range and a user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,9 +59,25 @@ pub struct PageKey {
     pub user: Option<String>,
 }
 
+/// What an entry is current under: a stamp read from the table, or a version of the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The table's latest change.
+    Stamp(DateTime<Utc>),
+    /// A [`Changes::version`].
+    Notified(u64),
+}
+
+impl From<DateTime<Utc>> for Version {
+    fn from(stamp: DateTime<Utc>) -> Self {
+        Self::Stamp(stamp)
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    stamp: DateTime<Utc>,
+    stamp: Option<DateTime<Utc>>,
+    notified: Option<u64>,
     stored: Instant,
     body: Bytes,
     /// When a request started re-reading this expired entry; meanwhile the others keep
@@ -102,6 +130,15 @@ pub struct PageCache {
     stamp_timeout: Duration,
     entries: Mutex<HashMap<PageKey, Entry>>,
     batches: Mutex<HashMap<(usize, TableName), Batch>>,
+    listeners: Mutex<HashMap<usize, Arc<Changes>>>,
+    /// Stops the listeners when the cache goes.
+    stop: CancellationToken,
+}
+
+impl Drop for PageCache {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl PageCache {
@@ -114,6 +151,8 @@ impl PageCache {
             stamp_timeout: Duration::MAX,
             entries: Mutex::new(HashMap::with_capacity(max_entries)),
             batches: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -129,6 +168,29 @@ impl PageCache {
     pub fn with_stamp_timeout(mut self, stamp_timeout: Duration) -> Self {
         self.stamp_timeout = stamp_timeout;
         self
+    }
+
+    /// The committed changes of database `database` (at `url`), as its listener knows them; the
+    /// listener starts with the first call.
+    pub fn changes(&self, database: usize, url: &SecretString) -> Arc<Changes> {
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        listeners
+            .entry(database)
+            .or_insert_with(|| {
+                let changes = Arc::new(Changes::default());
+                if let Err(err) = listener::spawn(
+                    url.expose_secret().to_owned(),
+                    changes.clone(),
+                    self.stop.child_token(),
+                ) {
+                    tracing::error!(error = %err, "cannot start the change listener");
+                }
+                changes
+            })
+            .clone()
     }
 
     /// The latest change of `table` in database `database` (reached through `pool`), from a
@@ -210,16 +272,20 @@ impl PageCache {
         }
     }
 
-    /// The body stored for `key` under `stamp`, when it is young enough. Past `max_age`, the
+    /// The body stored for `key` under `version`, when it is young enough. Past `max_age`, the
     /// first caller gets `None` and is expected to re-read and [`put`](Self::put); until it does
     /// (or for another `max_age` if it fails), other callers still get the body.
-    pub fn get(&self, key: &PageKey, stamp: DateTime<Utc>) -> Option<Bytes> {
-        self.get_at(key, stamp, Instant::now())
+    pub fn get(&self, key: &PageKey, version: impl Into<Version>) -> Option<Bytes> {
+        self.get_at(key, version, Instant::now())
     }
 
-    fn get_at(&self, key: &PageKey, stamp: DateTime<Utc>, now: Instant) -> Option<Bytes> {
+    fn get_at(&self, key: &PageKey, version: impl Into<Version>, now: Instant) -> Option<Bytes> {
+        let version = version.into();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.get_mut(key).filter(|entry| entry.stamp == stamp)?;
+        let entry = entries.get_mut(key).filter(|entry| match version {
+            Version::Stamp(stamp) => entry.stamp == Some(stamp),
+            Version::Notified(version) => entry.notified == Some(version),
+        })?;
         let young = |since: Instant| now.saturating_duration_since(since) < self.max_age;
         if young(entry.stored) {
             return Some(entry.body.clone());
@@ -240,9 +306,37 @@ impl PageCache {
         entries.retain(|key, _| key.database != database || key.table != *table);
     }
 
+    /// Marks the entry of `key` stored under `stamp` as current under listener version
+    /// `notified` too: the stamp was read after that version was, and matched.
+    pub fn confirm(&self, key: &PageKey, stamp: DateTime<Utc>, notified: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = entries
+            .get_mut(key)
+            .filter(|entry| entry.stamp == Some(stamp))
+        {
+            entry.notified = Some(notified);
+        }
+    }
+
     /// Stores `body` for `key`, rendered from rows as of `stamp`, unless it is larger than the
     /// bound (then an older entry for `key` goes too).
     pub fn put(&self, key: PageKey, stamp: DateTime<Utc>, body: Bytes) {
+        self.put_versions(key, Some(stamp), None, body);
+    }
+
+    /// Stores `body` for `key`, rendered from rows read after the table's latest change was
+    /// `stamp` and after listener version `notified` was read (each when known), unless it is
+    /// larger than the bound (then an older entry for `key` goes too).
+    pub fn put_versions(
+        &self,
+        key: PageKey,
+        stamp: Option<DateTime<Utc>>,
+        notified: Option<u64>,
+        body: Bytes,
+    ) {
+        if stamp.is_none() && notified.is_none() {
+            return;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if body.len() > self.max_body_bytes {
             entries.remove(&key);
@@ -261,6 +355,7 @@ impl PageCache {
             key,
             Entry {
                 stamp,
+                notified,
                 stored: Instant::now(),
                 body,
                 refreshing: None,
@@ -385,5 +480,30 @@ mod tests {
         assert_eq!(cache.get_at(&key(1), stamp, much_later), None);
         cache.put(key(1), stamp, Bytes::from_static(b"two"));
         assert_eq!(cache.get(&key(1), stamp), Some(Bytes::from_static(b"two")));
+    }
+
+    #[test]
+    fn entries_serve_the_listener_version_they_were_stored_or_confirmed_under() {
+        let cache = PageCache::new(2, Duration::from_secs(60));
+        let stamp = DateTime::<Utc>::UNIX_EPOCH;
+        cache.put_versions(key(1), Some(stamp), Some(3), Bytes::from_static(b"one"));
+        assert_eq!(
+            cache.get(&key(1), Version::Notified(3)),
+            Some(Bytes::from_static(b"one"))
+        );
+        assert_eq!(cache.get(&key(1), Version::Notified(5)), None);
+        assert_eq!(cache.get(&key(1), stamp), Some(Bytes::from_static(b"one")));
+        cache.confirm(&key(1), stamp, 5);
+        assert_eq!(
+            cache.get(&key(1), Version::Notified(5)),
+            Some(Bytes::from_static(b"one"))
+        );
+        assert_eq!(cache.get(&key(1), Version::Notified(3)), None);
+        // A confirmation under another stamp changes nothing.
+        cache.confirm(&key(1), stamp + chrono::Duration::seconds(1), 7);
+        assert_eq!(cache.get(&key(1), Version::Notified(7)), None);
+        // Nothing to be current under: not stored.
+        cache.put_versions(key(2), None, None, Bytes::from_static(b"two"));
+        assert_eq!(cache.entries.lock().unwrap().len(), 1);
     }
 }

@@ -8,7 +8,8 @@
 //!   `GET /openapi.json`, the dashboard (`/dashboard`), and the 404 and 405 fallbacks.
 //! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
 //! - [`auth`]: the bearer key and JWT scope checks; [`jwt`] verifies JWTs.
-//! - [`cache`]: rendered responses reused while their table is unchanged.
+//! - [`cache`]: rendered responses reused while their table is unchanged; [`listener`] learns
+//!   of every committed change through PostgreSQL's `LISTEN`/`NOTIFY`.
 //! - [`admin`]: probes, Prometheus text, and the `healthcheck` client.
 //! - [`telemetry`]: the log subscriber and the metric definitions.
 //!
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod jwt;
+pub mod listener;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

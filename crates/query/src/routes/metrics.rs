@@ -1,10 +1,11 @@
 //! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`, and
-//! `agentos-compat.md` for `user_id`), and the response rendered straight from the aggregator's
-//! rows: all users' or one user's.
+//! `agentos-compat.md` for `user_id`), and the response: all users' rows or one user's.
 //!
 //! The body is written by hand-rolled `Serialize` impls over [`DailyMetrics`]: no intermediate
-//! `serde_json::Value`, no per-request maps, one buffer sized up front. A 365-day page is a few
-//! hundred kilobytes and costs one pass.
+//! `serde_json::Value`, no per-request maps, one buffer sized up front. A range of up to
+//! [`WHOLE_READ_DAYS`] days is read and rendered whole; longer and open ranges are read row by
+//! row and, past [`STREAM_AFTER_BYTES`], sent as they come, so memory stays bounded whatever the
+//! table holds (a database error midway then cuts the body short).
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,15 +13,19 @@ use std::sync::Arc;
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
+use anyhow::Context;
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
+use futures_util::StreamExt;
 use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool, Tokens};
 use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, Scope};
-use crate::cache::{PageCache, PageKey};
+use crate::cache::{PageCache, PageKey, Version};
 use crate::error::ApiError;
+use crate::listener::Changes;
 use crate::startup::AppState;
 use crate::telemetry::Metrics;
 
@@ -161,10 +166,14 @@ pub async fn get_metrics(
         user,
     };
     let pool = database.pool.clone();
+    let changes = state
+        .cache
+        .as_ref()
+        .map(|cache| cache.changes(position, &database.url));
     let cache = state.cache.clone();
     let timeout = state.request_timeout;
     let metrics = state.metrics.clone();
-    let read = read_body(key, range, pool, cache, metrics);
+    let read = read_body(key, range, pool, cache, changes, metrics);
     let body = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(body)) => body,
         Ok(Err(err)) => return Err(ApiError::Internal(err.context("reading metrics"))),
@@ -175,21 +184,58 @@ pub async fn get_metrics(
             )));
         }
     };
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .body(body))
+    let mut response = HttpResponse::Ok();
+    response.content_type(ContentType::json());
+    Ok(match body {
+        Body::Whole(body) => response.body(body),
+        Body::Streaming(first, rest) => {
+            let rest = futures_util::stream::unfold(rest, |mut rest| async move {
+                rest.recv().await.map(|chunk| (chunk, rest))
+            });
+            response.streaming(futures_util::stream::iter([Ok(first)]).chain(rest))
+        }
+    })
 }
 
-/// The body for `key` and `range`: from the cache when its table is unchanged, else read and
-/// rendered (and cached).
+/// A response body: whole, or (past [`STREAM_AFTER_BYTES`]) its first part and the rest as the
+/// database hands it over.
+enum Body {
+    Whole(Bytes),
+    Streaming(Bytes, mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+/// Ranges up to this many days are read in one piece (the rows joined by PostgreSQL); longer or
+/// open ones row by row, so that memory stays bounded whatever the table holds.
+const WHOLE_READ_DAYS: i64 = 1_000;
+
+/// A body read row by row is sent as it comes once it passes this size (it is then not cached);
+/// a smaller one is sent whole.
+const STREAM_AFTER_BYTES: usize = 1 << 20;
+
+/// The size of the parts a streamed body is sent in.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The start of every body, up to the rows.
+const HEAD: &[u8] = b"{\"metrics\":[";
+
+/// The body for `key` and `range`: from the cache when its table is unchanged, else read (and
+/// cached).
 async fn read_body(
     key: PageKey,
     range: DateRange,
     pool: Pool,
     cache: Option<Arc<PageCache>>,
+    changes: Option<Arc<Changes>>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Bytes> {
+) -> anyhow::Result<Body> {
+    // The listener's version before anything is read (see `crate::cache`).
+    let notified = changes.as_deref().and_then(Changes::version);
     if let Some(cache) = &cache {
+        if let Some(body) = notified.and_then(|version| cache.get(&key, Version::Notified(version)))
+        {
+            metrics.observe_cache("hit");
+            return Ok(Body::Whole(body));
+        }
         // Without a stamp (its read failed or was given up on), the rows are read directly.
         let stamp = match cache.stamp(key.database, &key.table, &pool).await {
             Ok(stamp) => stamp,
@@ -198,31 +244,179 @@ async fn read_body(
                 None
             }
         };
-        if let Some(body) = stamp.and_then(|stamp| cache.get(&key, stamp)) {
+        if let Some(stamp) = stamp
+            && let Some(body) = cache.get(&key, stamp)
+        {
+            if let Some(version) = notified {
+                cache.confirm(&key, stamp, version);
+            }
             metrics.observe_cache("hit");
-            return Ok(body);
+            return Ok(Body::Whole(body));
         }
         metrics.observe_cache("miss");
     }
+    let whole = match (range.start, range.end) {
+        (Some(start), Some(end)) => (end - start).num_days() < WHOLE_READ_DAYS,
+        _ => false,
+    };
     // Sync diesel on the blocking pool (see the aggregator's crate docs); the caller's timeout
     // answers the client even while the thread still waits on the database.
-    web::block(move || {
-        let mut conn = pool.get()?;
-        let page = match &key.user {
-            None => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
-            Some(user) => {
-                metrics_aggregator::read_user(&mut conn, key.table.as_str(), user, range)?
+    if whole {
+        return web::block(move || {
+            let mut conn = pool.get()?;
+            let page = match &key.user {
+                None => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
+                Some(user) => {
+                    metrics_aggregator::read_user(&mut conn, key.table.as_str(), user, range)?
+                }
+            };
+            let body = Bytes::from(render(&page)?);
+            if let Some(cache) = &cache {
+                cache.put_versions(key, page.updated_at, notified, body.clone());
             }
-        };
-        let body = Bytes::from(render(&page)?);
-        if let Some(cache) = &cache
-            && let Some(stamp) = page.updated_at
-        {
-            cache.put(key, stamp, body.clone());
+            Ok(Body::Whole(body))
+        })
+        .await?;
+    }
+    let (first, first_received) = oneshot::channel();
+    actix_web::rt::task::spawn_blocking(move || {
+        read_streaming(&key, range, &pool, cache.as_deref(), notified, first);
+    });
+    first_received
+        .await
+        .context("the read ended without an answer")?
+}
+
+/// Reads the rows of `key` one by one: answers `first` with the whole body when it stays under
+/// [`STREAM_AFTER_BYTES`] (and caches it), else with its first part and a channel that carries
+/// the rest.
+fn read_streaming(
+    key: &PageKey,
+    range: DateRange,
+    pool: &Pool,
+    cache: Option<&PageCache>,
+    notified: Option<u64>,
+    first: oneshot::Sender<anyhow::Result<Body>>,
+) {
+    let mut sink = Sink {
+        first: Some(first),
+        rest: None,
+        body: Vec::with_capacity(CHUNK_BYTES),
+        rows: 0,
+        failed: None,
+    };
+    sink.body.extend_from_slice(HEAD);
+    let read = pool.get().map_err(anyhow::Error::new).and_then(|mut conn| {
+        metrics_aggregator::stream(
+            &mut conn,
+            key.table.as_str(),
+            key.user.as_deref(),
+            range,
+            |row| sink.row(row),
+        )
+        .map_err(anyhow::Error::new)
+    });
+    let read = match sink.failed.take() {
+        Some(err) => Err(anyhow::Error::new(err)),
+        None => read,
+    };
+    match read {
+        Ok(stamp) => {
+            tail(&mut sink.body, stamp);
+            match sink.first.take() {
+                Some(first) => {
+                    let body = Bytes::from(std::mem::take(&mut sink.body));
+                    if let Some(cache) = cache {
+                        cache.put_versions(key.clone(), stamp, notified, body.clone());
+                    }
+                    let _ = first.send(Ok(Body::Whole(body)));
+                }
+                None => {
+                    sink.send();
+                }
+            }
         }
-        Ok(body)
-    })
-    .await?
+        Err(err) => match (sink.first.take(), &sink.rest) {
+            (Some(first), _) => {
+                let _ = first.send(Err(err));
+            }
+            // The status is sent: cutting the body short is all that is left to say.
+            (None, Some(rest)) => {
+                tracing::error!(error = %format!("{err:#}"), "reading metrics midway");
+                let _ = rest.blocking_send(Err(std::io::Error::other(format!("{err:#}"))));
+            }
+            (None, None) => {}
+        },
+    }
+}
+
+/// Where [`read_streaming`] puts the rows.
+struct Sink {
+    /// The answer to the request, until the body is whole or streaming starts.
+    first: Option<oneshot::Sender<anyhow::Result<Body>>>,
+    /// The rest of a streamed body.
+    rest: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
+    /// What is not sent yet.
+    body: Vec<u8>,
+    rows: usize,
+    /// A row that could not be rendered.
+    failed: Option<serde_json::Error>,
+}
+
+impl Sink {
+    /// Adds a row; false when nobody waits for the body any more.
+    fn row(&mut self, row: &DailyMetrics) -> bool {
+        if self.rows > 0 {
+            self.body.push(b',');
+        }
+        self.rows += 1;
+        if let Err(err) = serde_json::to_writer(&mut self.body, &Row(row)) {
+            self.failed = Some(err);
+            return false;
+        }
+        match &self.rest {
+            Some(_) if self.body.len() >= CHUNK_BYTES => self.send(),
+            Some(_) => true,
+            None if self.body.len() >= STREAM_AFTER_BYTES => {
+                let (sender, receiver) = mpsc::channel(4);
+                self.rest = Some(sender);
+                let chunk = self.take();
+                self.first
+                    .take()
+                    .is_some_and(|first| first.send(Ok(Body::Streaming(chunk, receiver))).is_ok())
+            }
+            None => true,
+        }
+    }
+
+    /// Sends what the body holds on the streaming channel; false when nobody listens.
+    fn send(&mut self) -> bool {
+        let chunk = self.take();
+        self.rest
+            .as_ref()
+            .is_some_and(|rest| rest.blocking_send(Ok(chunk)).is_ok())
+    }
+
+    fn take(&mut self) -> Bytes {
+        Bytes::from(std::mem::replace(
+            &mut self.body,
+            Vec::with_capacity(CHUNK_BYTES),
+        ))
+    }
+}
+
+/// Ends a body: the rows' array and the table's latest change.
+fn tail(body: &mut Vec<u8>, updated_at: Option<DateTime<Utc>>) {
+    body.extend_from_slice(b"],\"updated_at\":");
+    match updated_at {
+        Some(stamp) => {
+            body.push(b'"');
+            body.extend_from_slice(stamp.to_rfc3339_opts(SecondsFormat::Secs, true).as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
 }
 
 /// Renders a page as the contract's `MetricsResponse` JSON.

@@ -179,6 +179,54 @@ async fn sql_in_table_or_db_id_is_only_ever_an_unknown_name() {
 }
 
 #[actix_web::test]
+async fn unknown_names_are_quoted_back_cut_at_128_characters() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+    let cut = |name: &str| format!("{}…", name.chars().take(128).collect::<String>());
+    for (name, encoded) in [
+        ("é".repeat(300), "%C3%A9".repeat(300)),
+        ("d".repeat(129), "d".repeat(129)),
+    ] {
+        let reply = app.get(&format!("/metrics?db_id={encoded}"), &[]).await;
+        assert_eq!(
+            reply.status_json(),
+            (
+                404,
+                error(
+                    &format!("Database with id '{}' not found", cut(&name)),
+                    "NOT_FOUND"
+                )
+            )
+        );
+        let reply = app.get(&format!("/metrics?table={encoded}"), &[]).await;
+        assert_eq!(
+            reply.status_json(),
+            (
+                404,
+                error(
+                    &format!("Table '{}' not found in database 'default'", cut(&name)),
+                    "NOT_FOUND"
+                )
+            )
+        );
+    }
+    // At 128 characters a name is quoted whole.
+    let whole = "d".repeat(128);
+    let reply = app.get(&format!("/metrics?db_id={whole}"), &[]).await;
+    assert_eq!(
+        reply.status_json(),
+        (
+            404,
+            error(
+                &format!("Database with id '{whole}' not found"),
+                "NOT_FOUND"
+            )
+        )
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn unknown_routes_and_wrong_methods_use_the_error_shape() {
     let db = TestDatabase::migrated();
     let app = TestApp::spawn(settings(db.url()));
