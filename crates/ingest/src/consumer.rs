@@ -36,6 +36,7 @@ use metrics_aggregator::EventOutcome;
 use metrics_backoff::Backoff;
 use metrics_events::{Decoded, Event, Message, MessageError, decode_message};
 use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,7 @@ use crate::admin::Health;
 use crate::config::{Settings, redacted_url};
 use crate::database::{Database, DatabaseError};
 use crate::error::SessionError;
+use crate::requeue;
 use crate::telemetry::{Metrics, Outcome};
 use crate::topology::Topology;
 
@@ -164,7 +166,7 @@ async fn consume_on(
 ) -> Result<(), SessionError> {
     let amqp = &context.settings.amqp;
     // Every step is bounded: a connection that dies mid-setup must not leave a promise pending.
-    let (channel, publisher, mut consumer) = timeout(
+    let (channel, publisher, consumer) = timeout(
         Duration::from_millis(amqp.connect_timeout_ms),
         open_channels(context, connection),
     )
@@ -190,7 +192,18 @@ async fn consume_on(
         channel: publisher,
         frame_max: connection.configuration().frame_max(),
     };
-    let result = consume(context, shutdown, &channel, &publisher, &mut consumer).await;
+    let consumer_tag = consumer.tag();
+    let (mut deliveries, reader) = read_deliveries(context, &publisher, consumer);
+    let result = consume(
+        context,
+        shutdown,
+        &channel,
+        &publisher,
+        &consumer_tag,
+        &mut deliveries,
+    )
+    .await;
+    reader.abort();
     let _ = timeout(
         CLOSE_TIMEOUT,
         channel.close(200, ShortString::from("metrics-ingest stopping")),
@@ -238,6 +251,77 @@ async fn open_channels(
     Ok((channel, publisher, consumer))
 }
 
+/// The deliveries of the session, as [`read_deliveries`] passes them on.
+type Deliveries = mpsc::Receiver<Result<lapin::message::Delivery, SessionError>>;
+
+/// Reads the consumer in a task of its own, so that every delivery is looked at as soon as it
+/// arrives, even while the batches wait for the database, and passes the deliveries on; those
+/// redelivered up to half the delivery limit are moved to the tail of the queue instead
+/// ([`requeue`]): otherwise a crash loop that kills the service while it holds them would take
+/// their count past the limit and the broker would dead-letter them, valid or not. The channel
+/// holds at most `amqp.prefetch` deliveries, which the broker never exceeds anyway. The task
+/// ends with the consumer, at the first error, or when aborted with the session.
+fn read_deliveries(
+    context: &Arc<Context>,
+    publisher: &DeadLetterChannel,
+    consumer: Consumer,
+) -> (Deliveries, JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel(usize::from(context.settings.amqp.prefetch).max(1));
+    let context = Arc::clone(context);
+    let channel = publisher.channel.clone();
+    let limit = context.topology.delivery_limit;
+    let reader = tokio::spawn(async move {
+        // Whatever has arrived, at once: the deliveries due for a move go to the tail together
+        // (confirmed and acknowledged) before the others of the chunk are passed on, so that no
+        // batch's `multiple` acknowledgement covers one of them first.
+        let mut chunks = consumer.ready_chunks(usize::from(context.settings.amqp.prefetch));
+        while let Some(chunk) = chunks.next().await {
+            let mut due = Vec::new();
+            let mut passed = Vec::with_capacity(chunk.len());
+            for next in chunk {
+                match next {
+                    Ok(delivery) => {
+                        let count = requeue::delivery_count(&delivery.properties);
+                        if requeue::is_due(count, limit) {
+                            debug!(delivery_count = count, "redelivered too often");
+                            due.push(delivery);
+                        } else {
+                            passed.push(Ok(delivery));
+                        }
+                    }
+                    Err(err) => passed.push(Err(SessionError::Amqp {
+                        action: "receiving deliveries",
+                        source: err,
+                    })),
+                }
+            }
+            if !due.is_empty() {
+                warn!(
+                    deliveries = due.len(),
+                    max_delivery_count = due
+                        .iter()
+                        .map(|delivery| requeue::delivery_count(&delivery.properties))
+                        .max(),
+                    "redelivered too often: moving the messages to the tail of the queue"
+                );
+                let queue = context.topology.queue.as_str();
+                if let Err(err) = requeue::requeue(&channel, queue, &due, BROKER_TIMEOUT).await {
+                    let _ = sender.send(Err(err)).await;
+                    return;
+                }
+                context.metrics.count(Outcome::Requeued, due.len());
+            }
+            for item in passed {
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    (receiver, reader)
+}
+
 /// How gathering a batch ended, other than with a full or timed-out batch.
 enum End {
     /// Shutdown was requested.
@@ -259,17 +343,18 @@ async fn consume(
     shutdown: &CancellationToken,
     channel: &Channel,
     publisher: &DeadLetterChannel,
-    consumer: &mut Consumer,
+    consumer_tag: &ShortString,
+    deliveries: &mut Deliveries,
 ) -> Result<(), SessionError> {
     let mut in_flight = InFlight::default();
     loop {
-        let (batch, end) = gather(context, consumer, &mut in_flight, shutdown).await;
+        let (batch, end) = gather(context, deliveries, &mut in_flight, shutdown).await;
         if let Some(End::Shutdown) = end {
             // Stop the flow first; deliveries already pushed but not gathered go back to the
             // queue when the channel closes.
             let _ = timeout(
                 CLOSE_TIMEOUT,
-                channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+                channel.basic_cancel(consumer_tag.clone(), BasicCancelOptions::default()),
             )
             .await;
         }
@@ -366,7 +451,7 @@ struct Batch {
 /// written; decodes each as it arrives.
 async fn gather(
     context: &Context,
-    consumer: &mut Consumer,
+    deliveries: &mut Deliveries,
     in_flight: &mut InFlight,
     shutdown: &CancellationToken,
 ) -> (Batch, Option<End>) {
@@ -391,7 +476,7 @@ async fn gather(
             biased;
             () = shutdown.cancelled() => return (batch, Some(End::Shutdown)),
             () = in_flight.finished(), if busy => {}
-            next = consumer.next() => match next {
+            next = deliveries.recv() => match next {
                 Some(Ok(delivery)) => {
                     deadline.get_or_insert_with(|| Instant::now() + wait);
                     let span = debug_span!(
@@ -415,12 +500,7 @@ async fn gather(
                     batch.events += decoded.as_ref().map_or(1, |message| message.events.len());
                     batch.deliveries.push(Pending { delivery, decoded });
                 }
-                Some(Err(err)) => {
-                    return (batch, Some(End::Closed(SessionError::Amqp {
-                        action: "receiving deliveries",
-                        source: err,
-                    })));
-                }
+                Some(Err(err)) => return (batch, Some(End::Closed(err))),
                 None => return (batch, Some(End::Closed(SessionError::ConsumerCancelled))),
             },
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !expired => {}

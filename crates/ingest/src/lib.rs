@@ -5,6 +5,7 @@
 //! - [`telemetry`]: logging and the Prometheus metrics.
 //! - [`topology`]: the exchange, quorum queue and dead-letter entities, declared at every connect.
 //! - [`consumer`]: the delivery loop (batching, apply, dead letters, acks, reconnects).
+//! - [`requeue`]: moving a redelivered message to the tail before the broker's delivery limit.
 //! - [`database`]: the pool and `apply` on the blocking pool.
 //! - [`admin`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`startup`]: [`Application`], and the `run`, `migrate` and `healthcheck` commands.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod error;
+pub mod requeue;
 pub mod startup;
 pub mod telemetry;
 pub mod topology;

@@ -47,6 +47,8 @@ pub enum Outcome {
     DeadLettered,
     /// A transient database failure: left unacknowledged and tried again after a backoff.
     Retried,
+    /// Redelivered up to half the delivery limit: moved to the tail of the queue (`requeue`).
+    Requeued,
 }
 
 impl Outcome {
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::Ignored => "ignored",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Retried => "retried",
+            Outcome::Requeued => "requeued",
         }
     }
 
@@ -122,6 +125,7 @@ impl Metrics {
             Outcome::Ignored,
             Outcome::DeadLettered,
             Outcome::Retried,
+            Outcome::Requeued,
         ] {
             let _ = events.get_or_create(&outcome.label());
         }
