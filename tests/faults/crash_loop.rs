@@ -114,7 +114,7 @@ async fn a_crash_loop_past_the_delivery_limit_dead_letters_no_valid_message() {
     publish(&url, broker.exchange(), &traffic.messages).await;
 
     let looping = Instant::now();
-    let kills = DELIVERY_LIMIT + 5;
+    let kills = DELIVERY_LIMIT + 2;
     for kill in 0..kills {
         if kill > 0 {
             ingest = Service::ingest_at(&target, &settings);
@@ -162,9 +162,17 @@ async fn a_crash_loop_past_the_delivery_limit_dead_letters_no_valid_message() {
         Duration::from_secs(90),
     )
     .await;
+    // The copies of messages moved while a replica was killed between a copy's confirm and the
+    // original's acknowledgement are duplicates: counted as such, they change no row.
+    eventually(STEP, || async {
+        match queue_state(&url, &queue).await {
+            (0, _) => Ok(()),
+            state => Err(state),
+        }
+    })
+    .await;
     let drained = draining.elapsed();
     ingest.stop(Duration::from_secs(30));
-    assert_eq!(queue_state(&url, &queue).await.0, 0, "messages left over");
     let letters = drain_dead_letters(&url, &queue).await;
     let copies = check_dead_letters(&letters, &poison);
     println!(

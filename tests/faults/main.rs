@@ -215,8 +215,9 @@ async fn ready_in_queue(amqp_url: &str, queue: &str) -> u32 {
     queue_state(amqp_url, queue).await.0
 }
 
-/// Publishes `messages` persistently to `exchange`, with publisher confirms, and waits for every
-/// confirm: once this returns, the broker holds them on disk.
+/// Publishes `messages` persistently to `exchange`, with publisher confirms, as a careful
+/// producer does: what the broker refuses (a quorum queue just after a restart, before it has a
+/// leader) is published again. Once this returns, the broker holds every message on disk.
 async fn publish(amqp_url: &str, exchange: &str, messages: &[OutgoingMessage]) {
     let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
         .await
@@ -226,34 +227,51 @@ async fn publish(amqp_url: &str, exchange: &str, messages: &[OutgoingMessage]) {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let mut confirms = Vec::with_capacity(messages.len());
-    for message in messages {
-        let properties = BasicProperties::default()
-            .with_content_type(message.content_type.into())
-            .with_delivery_mode(2);
-        confirms.push(
-            channel
-                .basic_publish(
-                    exchange.into(),
-                    message.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.body,
-                    properties,
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    for confirm in confirms {
-        let confirmation = confirm.await.unwrap();
-        assert!(confirmation.is_ack(), "the broker refused a message");
+    let mut pending: Vec<&OutgoingMessage> = messages.iter().collect();
+    for attempt in 1.. {
+        let mut confirms = Vec::with_capacity(pending.len());
+        for message in &pending {
+            let properties = BasicProperties::default()
+                .with_content_type(message.content_type.into())
+                .with_delivery_mode(2);
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        message.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &message.body,
+                        properties,
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut refused = Vec::new();
+        for (message, confirm) in pending.iter().zip(confirms) {
+            let confirmation = confirm.await.unwrap();
+            let acked = confirmation.is_ack();
+            assert!(
+                confirmation.take_message().is_none(),
+                "a message was unroutable: is the queue declared?"
+            );
+            if !acked {
+                refused.push(*message);
+            }
+        }
+        if refused.is_empty() {
+            break;
+        }
         assert!(
-            confirmation.take_message().is_none(),
-            "a message was unroutable: is the queue declared?"
+            attempt < 100,
+            "the broker still refuses {} messages",
+            refused.len()
         );
+        pending = refused;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = connection.close(0, "done".into()).await;
 }
