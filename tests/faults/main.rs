@@ -252,7 +252,11 @@ async fn publish(amqp_url: &str, exchange: &str, messages: &[OutgoingMessage]) {
         }
         let mut refused = Vec::new();
         for (message, confirm) in pending.iter().zip(confirms) {
-            let confirmation = confirm.await.unwrap();
+            // Bounded: a broker whose queue never recovers fails the test, never hangs it.
+            let confirmation = tokio::time::timeout(Duration::from_secs(60), confirm)
+                .await
+                .unwrap_or_else(|_| panic!("the broker did not confirm a message within 60 s"))
+                .unwrap();
             let acked = confirmation.is_ack();
             assert!(
                 confirmation.take_message().is_none(),
