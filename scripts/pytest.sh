@@ -3,8 +3,9 @@
 #
 #   scripts/pytest.sh [pytest arguments]
 #
-# - Creates the virtualenv target/python-venv from clients/python/requirements-test.txt (every
-#   package pinned), and creates it again when that file or the Python interpreter changes;
+# - Creates the virtualenv target/python-venv from scripts/requirements.txt (every
+#   package pinned; scripts/python-venv.sh, shared with the other scripts), and
+#   creates it again when that file or the Python interpreter changes;
 # - installs the package into it (pip install ./clients/python, no network for the build:
 #   the pinned build backend is already in the virtualenv);
 # - runs ruff check, ruff format --check, mypy (strict, on the package) and pytest (not with
@@ -19,32 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-VENV=target/python-venv
-REQUIREMENTS=clients/python/requirements-test.txt
-mkdir -p target
-
-say() { printf 'pytest.sh: %s\n' "$*" >&2; }
-
-want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.version)' | head -n 1)"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$want" ] ||
-  ! "$VENV/bin/python" -c 'import pip' >/dev/null 2>&1; then
-  say "creating $VENV from $REQUIREMENTS"
-  rm -rf "$VENV"
-  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
-    # Debian's python3 splits venv into its own package.
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      rm -rf "$VENV"
-      "$PYTHON" -m venv "$VENV"
-    else
-      say "cannot create a virtualenv with $PYTHON (install python3-venv)"
-      exit 1
-    fi
-  fi
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
-  printf '%s\n' "$want" >"$VENV/.requirements"
-fi
+. scripts/python-venv.sh
+ensure_python_venv
+VENV=$PYTHON_VENV
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
   --no-build-isolation --force-reinstall ./clients/python

@@ -121,8 +121,9 @@ ensure_server_programs() {
 }
 
 ensure_browser() {
-  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] && [ -x "${CHROMEDRIVER:-/usr/bin/chromedriver}" ] ||
+  if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ] || [ ! -x "${CHROMEDRIVER:-/usr/bin/chromedriver}" ]; then
     apt_install chromium chromium-driver
+  fi
 }
 
 ensure_services() {

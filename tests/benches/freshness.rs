@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use metrics_events::{Event, EventKind, RunCompleted, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionType, Tokens, Usage};
 use metrics_publisher::{OutgoingMessage, Publisher, PublisherOptions};
 use metrics_test_support::process::{KEY, Service};
 use metrics_test_support::{TestBroker, TestDatabase};
@@ -41,9 +41,12 @@ fn event(n: u64) -> Event {
             model: Some("gpt-4o".to_owned()),
             model_provider: Some("OpenAI".to_owned()),
             usage: Usage {
-                input_tokens: 100,
-                output_tokens: 20,
-                total_tokens: 120,
+                tokens: Tokens {
+                    input_tokens: 100,
+                    output_tokens: 20,
+                    total_tokens: 120,
+                    ..Tokens::default()
+                },
                 ..Usage::default()
             },
         }),
@@ -96,7 +99,7 @@ async fn main() {
                 tokio::time::sleep_until(due.into()).await;
                 let end = (n + slice).min(total);
                 let messages: Vec<OutgoingMessage> = (n..end)
-                    .map(|i| OutgoingMessage::event(&event(i)))
+                    .map(|i| OutgoingMessage::event(&event(i)).unwrap())
                     .collect();
                 publisher.publish_all(&messages).await.unwrap();
                 let now = Instant::now();

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use metrics_aggregator::TableName;
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use metrics_test_support::process::{KEY, Service, free_address};
 use metrics_test_support::{TestDatabase, eventually};
 use serde_json::{Value, json};
@@ -72,15 +72,17 @@ fn week() -> Vec<Event> {
                         model: Some(model.to_owned()),
                         model_provider: Some(provider.to_owned()),
                         usage: Usage {
-                            input_tokens: input,
-                            output_tokens: output,
-                            total_tokens: input + output,
-                            audio_tokens: 0,
-                            input_audio_tokens: 0,
-                            output_audio_tokens: 0,
-                            cached_tokens: input / 4,
-                            cache_write_tokens: 0,
-                            reasoning_tokens: output / 3,
+                            tokens: Tokens {
+                                input_tokens: input,
+                                output_tokens: output,
+                                total_tokens: input + output,
+                                audio_tokens: 0,
+                                input_audio_tokens: 0,
+                                output_audio_tokens: 0,
+                                cached_tokens: input / 4,
+                                cache_write_tokens: 0,
+                                reasoning_tokens: output / 3,
+                            },
                             cost: BigDecimal::from_str(&format!("0.00{}", 17 + s + r)).unwrap(),
                         },
                     }),

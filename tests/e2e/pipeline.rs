@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use metrics_publisher::{EVENT_CONTENT_TYPE, OutgoingMessage, Publisher, PublisherOptions};
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::{Value, json};
@@ -55,12 +55,14 @@ fn run(
             model: model.map(|(m, _)| m.to_owned()),
             model_provider: model.map(|(_, p)| p.to_owned()),
             usage: Usage {
-                input_tokens: tokens.0,
-                output_tokens: tokens.1,
-                total_tokens: tokens.0 + tokens.1,
-                cached_tokens: 3,
+                tokens: Tokens {
+                    input_tokens: tokens.0,
+                    output_tokens: tokens.1,
+                    total_tokens: tokens.0 + tokens.1,
+                    cached_tokens: 3,
+                    ..Tokens::default()
+                },
                 cost: cost.parse().unwrap(),
-                ..Usage::default()
             },
         }),
     }
@@ -162,8 +164,11 @@ async fn published_events_show_up_in_get_metrics_once_and_both_services_stop_on_
     .unwrap();
     // Single events, then a batch that repeats two of them, an event of a type this version does
     // not read, and a poison message.
-    let mut messages: Vec<OutgoingMessage> = events.iter().map(OutgoingMessage::event).collect();
-    messages.push(OutgoingMessage::batch([&events[1], &events[0]]));
+    let mut messages: Vec<OutgoingMessage> = events
+        .iter()
+        .map(|event| OutgoingMessage::event(event).unwrap())
+        .collect();
+    messages.push(OutgoingMessage::batch([&events[1], &events[0]]).unwrap());
     messages.push(OutgoingMessage::raw(
         "agentos.tool.called",
         EVENT_CONTENT_TYPE,

@@ -21,7 +21,7 @@ use crate::{TABLE, check_dead_letters, converge, drain_dead_letters, publish, qu
 const DELIVERY_LIMIT: usize = 20;
 
 /// The default `amqp.prefetch`, the most deliveries a replica holds.
-const PREFETCH: usize = 1000;
+const PREFETCH: usize = 24;
 
 /// How long one step of the loop (a replica taking its deliveries, or the broker noticing it is
 /// gone) may take.

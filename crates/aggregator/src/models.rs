@@ -2,21 +2,106 @@
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::deserialize::{self, FromSql, FromSqlRow, QueryableByName};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::row::NamedRow;
 use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::Text;
-use metrics_events::SessionType;
+use diesel::sql_types::{BigInt, Text};
+use metrics_events::{SessionType, Tokens, with_token_names};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::schema::{daily_metrics, day_users, runs, sessions, user_daily_metrics};
 
-/// One day of one metrics table: a row of `GET /metrics`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = daily_metrics, check_for_backend(Pg))]
+/// The nine token columns of `$table` as a tuple, in [`Tokens::NAMES`] order; an expression and,
+/// diesel's columns being unit structs, its type too. Called through [`with_token_names`].
+macro_rules! token_columns {
+    ($table:ident $($name:ident)*) => {
+        ($($table::$name,)*)
+    };
+}
+
+/// The columns of a day row of `$table` (`daily_metrics` or `user_daily_metrics`) in the order of
+/// [`DailyMetrics`]'s fields: what both tables' rows are read with.
+macro_rules! day_columns {
+    ($table:ident) => {
+        (
+            $table::table_id,
+            $table::date,
+            $table::id,
+            $table::agent_runs_count,
+            $table::agent_sessions_count,
+            $table::team_runs_count,
+            $table::team_sessions_count,
+            $table::workflow_runs_count,
+            $table::workflow_sessions_count,
+            $table::users_count,
+            with_token_names!(token_columns! { $table }),
+            $table::cost,
+            $table::model_metrics,
+            $table::created_at,
+            $table::updated_at,
+        )
+    };
+}
+
+/// The run, session and user counts of a day row, in the order of [`DailyMetrics`]'s fields.
+pub(crate) const COUNT_COLUMNS: [&str; 7] = [
+    "agent_runs_count",
+    "agent_sessions_count",
+    "team_runs_count",
+    "team_sessions_count",
+    "workflow_runs_count",
+    "workflow_sessions_count",
+    "users_count",
+];
+
+/// The nine token columns of a row, read as one [`Tokens`]: by position (a tuple of the nine
+/// columns) or by name ([`Tokens::NAMES`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenColumns(pub Tokens);
+
+type TokenSqlTypes = (
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+);
+
+impl Queryable<TokenSqlTypes, Pg> for TokenColumns {
+    type Row = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
+    fn build((a, b, c, d, e, f, g, h, i): Self::Row) -> deserialize::Result<Self> {
+        Ok(Self(Tokens::from_counts([a, b, c, d, e, f, g, h, i])))
+    }
+}
+
+impl QueryableByName<Pg> for TokenColumns {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        let mut counts = [0; 9];
+        for (count, name) in counts.iter_mut().zip(Tokens::NAMES) {
+            *count = NamedRow::get::<BigInt, i64>(row, name)?;
+        }
+        Ok(Self(Tokens::from_counts(counts)))
+    }
+}
+
+impl From<TokenColumns> for Tokens {
+    fn from(columns: TokenColumns) -> Self {
+        columns.0
+    }
+}
+
+/// One day of one metrics table: a row of `GET /metrics`, or of one user's
+/// (`GET /metrics?user_id=`).
+#[derive(Debug, Clone, PartialEq, Queryable)]
 pub struct DailyMetrics {
     /// The metrics table (`metrics_tables.id`).
     pub table_id: i32,
@@ -38,24 +123,9 @@ pub struct DailyMetrics {
     pub workflow_sessions_count: i64,
     /// Distinct users of the day's events.
     pub users_count: i64,
-    /// Summed `input_tokens`.
-    pub input_tokens: i64,
-    /// Summed `output_tokens`.
-    pub output_tokens: i64,
-    /// Summed `total_tokens`.
-    pub total_tokens: i64,
-    /// Summed `audio_tokens`.
-    pub audio_tokens: i64,
-    /// Summed `input_audio_tokens`.
-    pub input_audio_tokens: i64,
-    /// Summed `output_audio_tokens`.
-    pub output_audio_tokens: i64,
-    /// Summed `cached_tokens`.
-    pub cached_tokens: i64,
-    /// Summed `cache_write_tokens`.
-    pub cache_write_tokens: i64,
-    /// Summed `reasoning_tokens`.
-    pub reasoning_tokens: i64,
+    /// The summed token counts.
+    #[diesel(deserialize_as = TokenColumns)]
+    pub tokens: Tokens,
     /// Summed cost, exact.
     pub cost: BigDecimal,
     /// `[{model_id, model_provider, count}]`, count descending, then model_id and provider in
@@ -65,6 +135,14 @@ pub struct DailyMetrics {
     pub created_at: DateTime<Utc>,
     /// When the row's values last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Selectable<Pg> for DailyMetrics {
+    type SelectExpression = day_columns!(daily_metrics);
+
+    fn construct_selection() -> Self::SelectExpression {
+        day_columns!(daily_metrics)
+    }
 }
 
 impl DailyMetrics {
@@ -81,15 +159,7 @@ impl DailyMetrics {
             workflow_runs_count: 0,
             workflow_sessions_count: 0,
             users_count: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            total_tokens: 0,
-            audio_tokens: 0,
-            input_audio_tokens: 0,
-            output_audio_tokens: 0,
-            cached_tokens: 0,
-            cache_write_tokens: 0,
-            reasoning_tokens: 0,
+            tokens: Tokens::default(),
             cost: BigDecimal::from(0),
             model_metrics: serde_json::Value::Array(Vec::new()),
             created_at: now,
@@ -102,7 +172,7 @@ impl DailyMetrics {
         self.runs_counts() == [0; 3]
             && self.sessions_counts() == [0; 3]
             && self.users_count == 0
-            && self.tokens() == [0; 9]
+            && self.tokens == Tokens::default()
             && self.cost == 0
             && self.model_metrics.as_array().is_none_or(Vec::is_empty)
     }
@@ -125,21 +195,6 @@ impl DailyMetrics {
         ]
     }
 
-    /// The nine token sums, in [`metrics_events::TOKEN_KEYS`] order.
-    pub fn tokens(&self) -> [i64; 9] {
-        [
-            self.input_tokens,
-            self.output_tokens,
-            self.total_tokens,
-            self.audio_tokens,
-            self.input_audio_tokens,
-            self.output_audio_tokens,
-            self.cached_tokens,
-            self.cache_write_tokens,
-            self.reasoning_tokens,
-        ]
-    }
-
     pub(crate) fn runs_count_mut(&mut self, session_type: SessionType) -> &mut i64 {
         match session_type {
             SessionType::Agent => &mut self.agent_runs_count,
@@ -154,20 +209,6 @@ impl DailyMetrics {
             SessionType::Team => &mut self.team_sessions_count,
             SessionType::Workflow => &mut self.workflow_sessions_count,
         }
-    }
-
-    pub(crate) fn tokens_mut(&mut self) -> [&mut i64; 9] {
-        [
-            &mut self.input_tokens,
-            &mut self.output_tokens,
-            &mut self.total_tokens,
-            &mut self.audio_tokens,
-            &mut self.input_audio_tokens,
-            &mut self.output_audio_tokens,
-            &mut self.cached_tokens,
-            &mut self.cache_write_tokens,
-            &mut self.reasoning_tokens,
-        ]
     }
 
     /// The model counts, parsed from [`DailyMetrics::model_metrics`].
@@ -210,7 +251,7 @@ impl FromSql<Text, Pg> for StoredSessionType {
 }
 
 /// The counted `run.completed` of one run.
-#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
 #[diesel(table_name = runs, check_for_backend(Pg))]
 pub(crate) struct RunRecord {
     pub table_id: i32,
@@ -223,15 +264,8 @@ pub(crate) struct RunRecord {
     pub session_type: StoredSessionType,
     pub model: Option<String>,
     pub model_provider: Option<String>,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub total_tokens: i64,
-    pub audio_tokens: i64,
-    pub input_audio_tokens: i64,
-    pub output_audio_tokens: i64,
-    pub cached_tokens: i64,
-    pub cache_write_tokens: i64,
-    pub reasoning_tokens: i64,
+    #[diesel(embed)]
+    pub tokens: TokenColumns,
     pub cost: BigDecimal,
     /// The winning event's user, `""` when it names none.
     pub user_id: String,
@@ -242,20 +276,6 @@ impl RunRecord {
     /// total order would do; this one makes the first report of a run win.
     pub fn precedence(&self) -> (DateTime<Utc>, &str, &str) {
         (self.time, &self.source, &self.event_id)
-    }
-
-    pub fn tokens(&self) -> [i64; 9] {
-        [
-            self.input_tokens,
-            self.output_tokens,
-            self.total_tokens,
-            self.audio_tokens,
-            self.input_audio_tokens,
-            self.output_audio_tokens,
-            self.cached_tokens,
-            self.cache_write_tokens,
-            self.reasoning_tokens,
-        ]
     }
 }
 
@@ -300,97 +320,31 @@ pub(crate) struct DayUser {
     pub user_id: String,
 }
 
-/// One user's day of one metrics table: a row of `GET /metrics?user_id=`, with the columns of
-/// [`DailyMetrics`] and the user.
-#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
-#[diesel(table_name = user_daily_metrics, check_for_backend(Pg))]
+/// One user's day of one metrics table: a row of `GET /metrics?user_id=`, read with the columns
+/// of [`DailyMetrics`].
+#[derive(Debug, Clone, PartialEq, Queryable)]
 pub(crate) struct UserDailyMetrics {
-    pub table_id: i32,
     pub user_id: String,
-    pub date: NaiveDate,
-    pub id: Uuid,
-    pub agent_runs_count: i64,
-    pub agent_sessions_count: i64,
-    pub team_runs_count: i64,
-    pub team_sessions_count: i64,
-    pub workflow_runs_count: i64,
-    pub workflow_sessions_count: i64,
-    pub users_count: i64,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub total_tokens: i64,
-    pub audio_tokens: i64,
-    pub input_audio_tokens: i64,
-    pub output_audio_tokens: i64,
-    pub cached_tokens: i64,
-    pub cache_write_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub cost: BigDecimal,
-    pub model_metrics: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub row: DailyMetrics,
+}
+
+impl Selectable<Pg> for UserDailyMetrics {
+    type SelectExpression = (
+        user_daily_metrics::user_id,
+        day_columns!(user_daily_metrics),
+    );
+
+    fn construct_selection() -> Self::SelectExpression {
+        (
+            user_daily_metrics::user_id,
+            day_columns!(user_daily_metrics),
+        )
+    }
 }
 
 impl UserDailyMetrics {
     /// The user and the row in the shape every reader renders.
     pub fn into_parts(self) -> (String, DailyMetrics) {
-        (
-            self.user_id,
-            DailyMetrics {
-                table_id: self.table_id,
-                date: self.date,
-                id: self.id,
-                agent_runs_count: self.agent_runs_count,
-                agent_sessions_count: self.agent_sessions_count,
-                team_runs_count: self.team_runs_count,
-                team_sessions_count: self.team_sessions_count,
-                workflow_runs_count: self.workflow_runs_count,
-                workflow_sessions_count: self.workflow_sessions_count,
-                users_count: self.users_count,
-                input_tokens: self.input_tokens,
-                output_tokens: self.output_tokens,
-                total_tokens: self.total_tokens,
-                audio_tokens: self.audio_tokens,
-                input_audio_tokens: self.input_audio_tokens,
-                output_audio_tokens: self.output_audio_tokens,
-                cached_tokens: self.cached_tokens,
-                cache_write_tokens: self.cache_write_tokens,
-                reasoning_tokens: self.reasoning_tokens,
-                cost: self.cost,
-                model_metrics: self.model_metrics,
-                created_at: self.created_at,
-                updated_at: self.updated_at,
-            },
-        )
-    }
-
-    /// `row` as the row of `user_id`.
-    pub fn from_parts(user_id: String, row: DailyMetrics) -> Self {
-        Self {
-            table_id: row.table_id,
-            user_id,
-            date: row.date,
-            id: row.id,
-            agent_runs_count: row.agent_runs_count,
-            agent_sessions_count: row.agent_sessions_count,
-            team_runs_count: row.team_runs_count,
-            team_sessions_count: row.team_sessions_count,
-            workflow_runs_count: row.workflow_runs_count,
-            workflow_sessions_count: row.workflow_sessions_count,
-            users_count: row.users_count,
-            input_tokens: row.input_tokens,
-            output_tokens: row.output_tokens,
-            total_tokens: row.total_tokens,
-            audio_tokens: row.audio_tokens,
-            input_audio_tokens: row.input_audio_tokens,
-            output_audio_tokens: row.output_audio_tokens,
-            cached_tokens: row.cached_tokens,
-            cache_write_tokens: row.cache_write_tokens,
-            reasoning_tokens: row.reasoning_tokens,
-            cost: row.cost,
-            model_metrics: row.model_metrics,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
+        (self.user_id, self.row)
     }
 }

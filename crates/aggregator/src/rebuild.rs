@@ -1,16 +1,20 @@
 //! Recomputing daily rows from the stored records, in the database.
 //!
 //! `rebuild` groups the `runs`, `sessions` and `day_users` of a date range by day, and by user
-//! and day for the per-user rows, in one statement each and writes only the rows that differ, so PostgreSQL does the work and the caller's
-//! memory does not grow with the data. A rebuild of rows that [`apply`](crate::apply) maintained
+//! and day for the per-user rows, in one statement each (the same statement, keyed by day or by
+//! user and day) and writes only the rows that differ, so PostgreSQL does the work and the
+//! caller's memory does not grow with the data. A rebuild of rows that [`apply`](crate::apply) maintained
 //! changes nothing: both compute the same function of the same records.
+
+use std::sync::LazyLock;
 
 use diesel::prelude::*;
 use diesel::sql_types::{Date, Integer, Timestamptz};
-use metrics_events::{MAX_DATE, MIN_DATE};
+use metrics_events::{MAX_DATE, MIN_DATE, Tokens};
 
-use crate::apply::lock_table;
+use crate::models::COUNT_COLUMNS;
 use crate::read::DateRange;
+use crate::store::lock_table;
 use crate::tables::TableId;
 
 /// What a rebuild changed.
@@ -42,7 +46,7 @@ pub fn rebuild(
     let end = range.end.unwrap_or(MAX_DATE);
     conn.transaction(|conn| {
         let now = lock_table(conn, table)?;
-        let rows_written = diesel::sql_query(UPSERT_DAYS)
+        let rows_written = diesel::sql_query(&UPSERTS[0])
             .bind::<Integer, _>(table.0)
             .bind::<Date, _>(start)
             .bind::<Date, _>(end)
@@ -53,7 +57,7 @@ pub fn rebuild(
             .bind::<Date, _>(start)
             .bind::<Date, _>(end)
             .execute(conn)?;
-        let user_rows_written = diesel::sql_query(UPSERT_USER_DAYS)
+        let user_rows_written = diesel::sql_query(&UPSERTS[1])
             .bind::<Integer, _>(table.0)
             .bind::<Date, _>(start)
             .bind::<Date, _>(end)
@@ -73,112 +77,133 @@ pub fn rebuild(
     })
 }
 
-/// $1 table id, $2 and $3 the inclusive date range, $4 the time stamping changed rows (see
-/// `lock_table`). Each aggregate reads one table through its
-/// `(table_id, date)` index; `COLLATE "C"` orders model ids by bytes, as `apply` does.
-const UPSERT_DAYS: &str = r#"
-WITH days AS (
-    SELECT date, count(*) FILTER (WHERE user_id <> '') AS users_count
-    FROM day_users
-    WHERE table_id = $1 AND date BETWEEN $2 AND $3
-    GROUP BY date
-), run_days AS (
-    SELECT date,
+/// The rows a rebuild recomputes.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    /// `daily_metrics`: a row for every day with events; `users_count` counts the day's users.
+    AllUsers,
+    /// `user_daily_metrics`: a row for every (user, day) on which the user is active
+    /// (`day_users`) or one of its runs or sessions counts; `users_count` is 1 for a non-empty
+    /// user active that day. A session's user is the user of its earliest `session.created`,
+    /// else of its earliest run (`SessionRecord::user_id`).
+    PerUser,
+}
+
+/// The upserts of both [`Rows`], written once: $1 table id, $2 and $3 the inclusive date range,
+/// $4 the time stamping changed rows (see `lock_table`). Each aggregate reads one table through
+/// its `(table_id, date)` index; `COLLATE "C"` orders model ids by bytes, as `apply` does. Only
+/// rows that differ are written.
+static UPSERTS: LazyLock<[String; 2]> =
+    LazyLock::new(|| [upsert(Rows::AllUsers), upsert(Rows::PerUser)]);
+
+fn upsert(rows: Rows) -> String {
+    let range = "table_id = $1 AND date BETWEEN $2 AND $3";
+    let (table, key, keys, users_count, active_join) = match rows {
+        Rows::AllUsers => (
+            "daily_metrics",
+            "date",
+            format!(
+                "sessions_in AS (SELECT date, session_type FROM sessions WHERE {range}), \
+                 keys AS (SELECT date, count(*) FILTER (WHERE user_id <> '') AS users_count \
+                 FROM day_users WHERE {range} GROUP BY date)"
+            ),
+            "keys.users_count",
+            "",
+        ),
+        Rows::PerUser => (
+            "user_daily_metrics",
+            "user_id, date",
+            format!(
+                "sessions_in AS (SELECT date, session_type, CASE WHEN created_user_id <> '' \
+                 THEN created_user_id ELSE coalesce(first_run_user_id, '') END AS user_id \
+                 FROM sessions WHERE {range}), \
+                 keys AS (SELECT user_id, date FROM day_users WHERE {range} \
+                 UNION SELECT user_id, date FROM runs WHERE {range} \
+                 UNION SELECT user_id, date FROM sessions_in), \
+                 active AS (SELECT user_id, date FROM day_users WHERE {range} AND user_id <> '')"
+            ),
+            "CASE WHEN a.user_id IS NULL THEN 0 ELSE 1 END",
+            "LEFT JOIN active a USING (user_id, date)",
+        ),
+    };
+    let key_values = key
+        .split(", ")
+        .map(|column| format!("keys.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let token_sums: String = Tokens::NAMES
+        .iter()
+        .map(|name| format!("sum({name})::bigint AS {name}, "))
+        .collect();
+    let token_values: String = Tokens::NAMES
+        .iter()
+        .map(|name| format!("coalesce(r.{name}, 0), "))
+        .collect();
+    let mut columns: Vec<&str> = COUNT_COLUMNS.to_vec();
+    columns.extend(Tokens::NAMES);
+    columns.extend(["cost", "model_metrics"]);
+    let updates: Vec<String> = columns
+        .iter()
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
+    let stored: Vec<String> = columns.iter().map(|column| format!("d.{column}")).collect();
+    let written: Vec<String> = columns
+        .iter()
+        .map(|column| format!("excluded.{column}"))
+        .collect();
+    format!(
+        r#"
+WITH {keys}, run_days AS (
+    SELECT {key},
         count(*) FILTER (WHERE session_type = 'agent') AS agent_runs_count,
         count(*) FILTER (WHERE session_type = 'team') AS team_runs_count,
         count(*) FILTER (WHERE session_type = 'workflow') AS workflow_runs_count,
-        sum(input_tokens)::bigint AS input_tokens,
-        sum(output_tokens)::bigint AS output_tokens,
-        sum(total_tokens)::bigint AS total_tokens,
-        sum(audio_tokens)::bigint AS audio_tokens,
-        sum(input_audio_tokens)::bigint AS input_audio_tokens,
-        sum(output_audio_tokens)::bigint AS output_audio_tokens,
-        sum(cached_tokens)::bigint AS cached_tokens,
-        sum(cache_write_tokens)::bigint AS cache_write_tokens,
-        sum(reasoning_tokens)::bigint AS reasoning_tokens,
-        sum(cost) AS cost
+        {token_sums}sum(cost) AS cost
     FROM runs
-    WHERE table_id = $1 AND date BETWEEN $2 AND $3
-    GROUP BY date
+    WHERE {range}
+    GROUP BY {key}
 ), model_days AS (
-    SELECT date,
+    SELECT {key},
         jsonb_agg(
             jsonb_build_object('model_id', model, 'model_provider', model_provider, 'count', n)
             ORDER BY n DESC, model COLLATE "C", model_provider COLLATE "C"
         ) AS model_metrics
     FROM (
-        SELECT date, model, coalesce(model_provider, '') AS model_provider, count(*) AS n
+        SELECT {key}, model, coalesce(model_provider, '') AS model_provider, count(*) AS n
         FROM runs
-        WHERE table_id = $1 AND date BETWEEN $2 AND $3 AND model IS NOT NULL
-        GROUP BY date, model, coalesce(model_provider, '')
+        WHERE {range} AND model IS NOT NULL
+        GROUP BY {key}, model, coalesce(model_provider, '')
     ) models
-    GROUP BY date
+    GROUP BY {key}
 ), session_days AS (
-    SELECT date,
+    SELECT {key},
         count(*) FILTER (WHERE session_type = 'agent') AS agent_sessions_count,
         count(*) FILTER (WHERE session_type = 'team') AS team_sessions_count,
         count(*) FILTER (WHERE session_type = 'workflow') AS workflow_sessions_count
-    FROM sessions
-    WHERE table_id = $1 AND date BETWEEN $2 AND $3
-    GROUP BY date
+    FROM sessions_in
+    GROUP BY {key}
 )
-INSERT INTO daily_metrics AS d (
-    table_id, date,
-    agent_runs_count, agent_sessions_count, team_runs_count, team_sessions_count,
-    workflow_runs_count, workflow_sessions_count, users_count,
-    input_tokens, output_tokens, total_tokens, audio_tokens, input_audio_tokens,
-    output_audio_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
-    cost, model_metrics, created_at, updated_at
-)
-SELECT $1, days.date,
+INSERT INTO {table} AS d (table_id, {key}, {columns}, created_at, updated_at)
+SELECT $1, {key_values},
     coalesce(r.agent_runs_count, 0), coalesce(s.agent_sessions_count, 0),
     coalesce(r.team_runs_count, 0), coalesce(s.team_sessions_count, 0),
     coalesce(r.workflow_runs_count, 0), coalesce(s.workflow_sessions_count, 0),
-    days.users_count,
-    coalesce(r.input_tokens, 0), coalesce(r.output_tokens, 0), coalesce(r.total_tokens, 0),
-    coalesce(r.audio_tokens, 0), coalesce(r.input_audio_tokens, 0),
-    coalesce(r.output_audio_tokens, 0), coalesce(r.cached_tokens, 0),
-    coalesce(r.cache_write_tokens, 0), coalesce(r.reasoning_tokens, 0),
-    coalesce(r.cost, 0), coalesce(m.model_metrics, '[]'::jsonb), $4, $4
-FROM days
-LEFT JOIN run_days r USING (date)
-LEFT JOIN session_days s USING (date)
-LEFT JOIN model_days m USING (date)
-ON CONFLICT (table_id, date) DO UPDATE SET
-    agent_runs_count = excluded.agent_runs_count,
-    agent_sessions_count = excluded.agent_sessions_count,
-    team_runs_count = excluded.team_runs_count,
-    team_sessions_count = excluded.team_sessions_count,
-    workflow_runs_count = excluded.workflow_runs_count,
-    workflow_sessions_count = excluded.workflow_sessions_count,
-    users_count = excluded.users_count,
-    input_tokens = excluded.input_tokens,
-    output_tokens = excluded.output_tokens,
-    total_tokens = excluded.total_tokens,
-    audio_tokens = excluded.audio_tokens,
-    input_audio_tokens = excluded.input_audio_tokens,
-    output_audio_tokens = excluded.output_audio_tokens,
-    cached_tokens = excluded.cached_tokens,
-    cache_write_tokens = excluded.cache_write_tokens,
-    reasoning_tokens = excluded.reasoning_tokens,
-    cost = excluded.cost,
-    model_metrics = excluded.model_metrics,
-    updated_at = excluded.updated_at
-WHERE (
-    d.agent_runs_count, d.agent_sessions_count, d.team_runs_count, d.team_sessions_count,
-    d.workflow_runs_count, d.workflow_sessions_count, d.users_count,
-    d.input_tokens, d.output_tokens, d.total_tokens, d.audio_tokens, d.input_audio_tokens,
-    d.output_audio_tokens, d.cached_tokens, d.cache_write_tokens, d.reasoning_tokens,
-    d.cost, d.model_metrics
-) IS DISTINCT FROM (
-    excluded.agent_runs_count, excluded.agent_sessions_count, excluded.team_runs_count,
-    excluded.team_sessions_count, excluded.workflow_runs_count, excluded.workflow_sessions_count,
-    excluded.users_count, excluded.input_tokens, excluded.output_tokens, excluded.total_tokens,
-    excluded.audio_tokens, excluded.input_audio_tokens, excluded.output_audio_tokens,
-    excluded.cached_tokens, excluded.cache_write_tokens, excluded.reasoning_tokens,
-    excluded.cost, excluded.model_metrics
-)
-"#;
+    {users_count},
+    {token_values}coalesce(r.cost, 0), coalesce(m.model_metrics, '[]'::jsonb), $4, $4
+FROM keys
+{active_join}
+LEFT JOIN run_days r USING ({key})
+LEFT JOIN session_days s USING ({key})
+LEFT JOIN model_days m USING ({key})
+ON CONFLICT (table_id, {key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
+WHERE ({stored}) IS DISTINCT FROM ({written})
+"#,
+        columns = columns.join(", "),
+        updates = updates.join(", "),
+        stored = stored.join(", "),
+        written = written.join(", "),
+    )
+}
 
 /// $1 table id, $2 and $3 the inclusive date range.
 const DELETE_EMPTY_DAYS: &str = r#"
@@ -187,124 +212,6 @@ WHERE d.table_id = $1 AND d.date BETWEEN $2 AND $3
     AND NOT EXISTS (
         SELECT 1 FROM day_users u WHERE u.table_id = d.table_id AND u.date = d.date
     )
-"#;
-
-/// The per-user form of `UPSERT_DAYS`: a row for every (user, day) on which the user is active
-/// (`day_users`) or one of its runs or sessions counts; `users_count` is 1 for a non-empty user
-/// active that day. A session's user is the user of its earliest `session.created`, else of its
-/// earliest run (`SessionRecord::user_id`).
-const UPSERT_USER_DAYS: &str = r#"
-WITH session_users AS (
-    SELECT date, session_type, CASE WHEN created_user_id <> '' THEN created_user_id
-            ELSE coalesce(first_run_user_id, '') END AS user_id
-    FROM sessions
-    WHERE table_id = $1 AND date BETWEEN $2 AND $3
-), keys AS (
-    SELECT user_id, date FROM day_users WHERE table_id = $1 AND date BETWEEN $2 AND $3
-    UNION
-    SELECT user_id, date FROM runs WHERE table_id = $1 AND date BETWEEN $2 AND $3
-    UNION
-    SELECT user_id, date FROM session_users
-), active AS (
-    SELECT user_id, date FROM day_users
-    WHERE table_id = $1 AND date BETWEEN $2 AND $3 AND user_id <> ''
-), run_days AS (
-    SELECT user_id, date,
-        count(*) FILTER (WHERE session_type = 'agent') AS agent_runs_count,
-        count(*) FILTER (WHERE session_type = 'team') AS team_runs_count,
-        count(*) FILTER (WHERE session_type = 'workflow') AS workflow_runs_count,
-        sum(input_tokens)::bigint AS input_tokens,
-        sum(output_tokens)::bigint AS output_tokens,
-        sum(total_tokens)::bigint AS total_tokens,
-        sum(audio_tokens)::bigint AS audio_tokens,
-        sum(input_audio_tokens)::bigint AS input_audio_tokens,
-        sum(output_audio_tokens)::bigint AS output_audio_tokens,
-        sum(cached_tokens)::bigint AS cached_tokens,
-        sum(cache_write_tokens)::bigint AS cache_write_tokens,
-        sum(reasoning_tokens)::bigint AS reasoning_tokens,
-        sum(cost) AS cost
-    FROM runs
-    WHERE table_id = $1 AND date BETWEEN $2 AND $3
-    GROUP BY user_id, date
-), model_days AS (
-    SELECT user_id, date,
-        jsonb_agg(
-            jsonb_build_object('model_id', model, 'model_provider', model_provider, 'count', n)
-            ORDER BY n DESC, model COLLATE "C", model_provider COLLATE "C"
-        ) AS model_metrics
-    FROM (
-        SELECT user_id, date, model, coalesce(model_provider, '') AS model_provider,
-            count(*) AS n
-        FROM runs
-        WHERE table_id = $1 AND date BETWEEN $2 AND $3 AND model IS NOT NULL
-        GROUP BY user_id, date, model, coalesce(model_provider, '')
-    ) models
-    GROUP BY user_id, date
-), session_days AS (
-    SELECT user_id, date,
-        count(*) FILTER (WHERE session_type = 'agent') AS agent_sessions_count,
-        count(*) FILTER (WHERE session_type = 'team') AS team_sessions_count,
-        count(*) FILTER (WHERE session_type = 'workflow') AS workflow_sessions_count
-    FROM session_users
-    GROUP BY user_id, date
-)
-INSERT INTO user_daily_metrics AS d (
-    table_id, user_id, date,
-    agent_runs_count, agent_sessions_count, team_runs_count, team_sessions_count,
-    workflow_runs_count, workflow_sessions_count, users_count,
-    input_tokens, output_tokens, total_tokens, audio_tokens, input_audio_tokens,
-    output_audio_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
-    cost, model_metrics, created_at, updated_at
-)
-SELECT $1, keys.user_id, keys.date,
-    coalesce(r.agent_runs_count, 0), coalesce(s.agent_sessions_count, 0),
-    coalesce(r.team_runs_count, 0), coalesce(s.team_sessions_count, 0),
-    coalesce(r.workflow_runs_count, 0), coalesce(s.workflow_sessions_count, 0),
-    CASE WHEN a.user_id IS NULL THEN 0 ELSE 1 END,
-    coalesce(r.input_tokens, 0), coalesce(r.output_tokens, 0), coalesce(r.total_tokens, 0),
-    coalesce(r.audio_tokens, 0), coalesce(r.input_audio_tokens, 0),
-    coalesce(r.output_audio_tokens, 0), coalesce(r.cached_tokens, 0),
-    coalesce(r.cache_write_tokens, 0), coalesce(r.reasoning_tokens, 0),
-    coalesce(r.cost, 0), coalesce(m.model_metrics, '[]'::jsonb), $4, $4
-FROM keys
-LEFT JOIN active a USING (user_id, date)
-LEFT JOIN run_days r USING (user_id, date)
-LEFT JOIN session_days s USING (user_id, date)
-LEFT JOIN model_days m USING (user_id, date)
-ON CONFLICT (table_id, user_id, date) DO UPDATE SET
-    agent_runs_count = excluded.agent_runs_count,
-    agent_sessions_count = excluded.agent_sessions_count,
-    team_runs_count = excluded.team_runs_count,
-    team_sessions_count = excluded.team_sessions_count,
-    workflow_runs_count = excluded.workflow_runs_count,
-    workflow_sessions_count = excluded.workflow_sessions_count,
-    users_count = excluded.users_count,
-    input_tokens = excluded.input_tokens,
-    output_tokens = excluded.output_tokens,
-    total_tokens = excluded.total_tokens,
-    audio_tokens = excluded.audio_tokens,
-    input_audio_tokens = excluded.input_audio_tokens,
-    output_audio_tokens = excluded.output_audio_tokens,
-    cached_tokens = excluded.cached_tokens,
-    cache_write_tokens = excluded.cache_write_tokens,
-    reasoning_tokens = excluded.reasoning_tokens,
-    cost = excluded.cost,
-    model_metrics = excluded.model_metrics,
-    updated_at = excluded.updated_at
-WHERE (
-    d.agent_runs_count, d.agent_sessions_count, d.team_runs_count, d.team_sessions_count,
-    d.workflow_runs_count, d.workflow_sessions_count, d.users_count,
-    d.input_tokens, d.output_tokens, d.total_tokens, d.audio_tokens, d.input_audio_tokens,
-    d.output_audio_tokens, d.cached_tokens, d.cache_write_tokens, d.reasoning_tokens,
-    d.cost, d.model_metrics
-) IS DISTINCT FROM (
-    excluded.agent_runs_count, excluded.agent_sessions_count, excluded.team_runs_count,
-    excluded.team_sessions_count, excluded.workflow_runs_count, excluded.workflow_sessions_count,
-    excluded.users_count, excluded.input_tokens, excluded.output_tokens, excluded.total_tokens,
-    excluded.audio_tokens, excluded.input_audio_tokens, excluded.output_audio_tokens,
-    excluded.cached_tokens, excluded.cache_write_tokens, excluded.reasoning_tokens,
-    excluded.cost, excluded.model_metrics
-)
 "#;
 
 /// $1 table id, $2 and $3 the inclusive date range: the per-user rows left without a reason to

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::event::{
     Event, EventKind, MAX_DATE, MIN_DATE, RUN_COMPLETED, RunCompleted, SESSION_CREATED,
-    SPEC_VERSION, SessionCreated, Usage,
+    SPEC_VERSION, SessionCreated, Tokens, Usage,
 };
 use crate::wire::{RunCompletedData, RunMetrics, SessionCreatedData};
 
@@ -535,7 +535,7 @@ fn usage(cx: &Context, metrics: RunMetrics) -> Result<Usage, EventError> {
             ));
         }
     };
-    Ok(Usage {
+    let tokens = Tokens {
         input_tokens,
         output_tokens,
         total_tokens,
@@ -565,8 +565,8 @@ fn usage(cx: &Context, metrics: RunMetrics) -> Result<Usage, EventError> {
         )?,
         cache_write_tokens: count(cx, "cache_write_tokens", metrics.cache_write_tokens)?,
         reasoning_tokens: count(cx, "reasoning_tokens", metrics.reasoning_tokens)?,
-        cost,
-    })
+    };
+    Ok(Usage { tokens, cost })
 }
 
 /// A token count as stored (`bigint`): absent is 0.

@@ -188,60 +188,74 @@ pub struct RunCompleted {
     pub usage: Usage,
 }
 
-/// Token counts and cost of one run, under the names of `GET /metrics` `token_metrics`.
+/// Calls `$callback! { $args... input_tokens output_tokens ... }` with the names of the nine
+/// token counts, in the order of the contract's `token_metrics` example: the one place that lists
+/// them. [`Tokens`] is defined from it, and the aggregator reads and writes its token columns
+/// with it.
+#[macro_export]
+macro_rules! with_token_names {
+    ($callback:ident ! { $($args:tt)* }) => {
+        $callback! {
+            $($args)*
+            input_tokens
+            output_tokens
+            total_tokens
+            audio_tokens
+            input_audio_tokens
+            output_audio_tokens
+            cached_tokens
+            cache_write_tokens
+            reasoning_tokens
+        }
+    };
+}
+
+macro_rules! token_counts {
+    ($($name:ident)*) => {
+        /// The nine token counts of a run or of a sum of runs, under the names of `GET /metrics`
+        /// `token_metrics`; `total_tokens` is input + output when the producer omits it (Agno's
+        /// aliases: `audio_total_tokens` for `audio_tokens`,
+        /// `audio_input_tokens` and `audio_output_tokens` for `input_audio_tokens` and
+        /// `output_audio_tokens`, `cache_read_tokens` for `cached_tokens`).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+        pub struct Tokens {
+            $(#[doc = concat!("`", stringify!($name), "`.")] pub $name: i64,)*
+        }
+
+        impl Tokens {
+            /// The names of the counts, in the order of [`Tokens::counts`]: the contract's keys
+            /// and the aggregator's column names.
+            pub const NAMES: [&'static str; 9] = [$(stringify!($name),)*];
+
+            /// The counts, in the order of [`Tokens::NAMES`].
+            pub fn counts(&self) -> [i64; 9] {
+                [$(self.$name,)*]
+            }
+
+            /// The counts, mutably, in the order of [`Tokens::NAMES`].
+            pub fn counts_mut(&mut self) -> [&mut i64; 9] {
+                [$(&mut self.$name,)*]
+            }
+
+            /// The counts given in the order of [`Tokens::NAMES`].
+            pub fn from_counts(counts: [i64; 9]) -> Self {
+                let [$($name,)*] = counts;
+                Self { $($name,)* }
+            }
+        }
+    };
+}
+
+with_token_names!(token_counts! {});
+
+/// Token counts and cost of one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// `input_tokens`.
-    pub input_tokens: i64,
-    /// `output_tokens`.
-    pub output_tokens: i64,
-    /// `total_tokens` (input + output when the producer omits it).
-    pub total_tokens: i64,
-    /// `audio_tokens` (Agno: `audio_total_tokens`).
-    pub audio_tokens: i64,
-    /// `input_audio_tokens` (Agno: `audio_input_tokens`).
-    pub input_audio_tokens: i64,
-    /// `output_audio_tokens` (Agno: `audio_output_tokens`).
-    pub output_audio_tokens: i64,
-    /// `cached_tokens` (Agno: `cache_read_tokens`).
-    pub cached_tokens: i64,
-    /// `cache_write_tokens`.
-    pub cache_write_tokens: i64,
-    /// `reasoning_tokens`.
-    pub reasoning_tokens: i64,
+    /// The run's token counts.
+    pub tokens: Tokens,
     /// `cost`, exact: summing decimals does not depend on the order of the runs.
     pub cost: BigDecimal,
 }
-
-impl Usage {
-    /// The nine token counts in the order of the contract's `token_metrics` example.
-    pub fn tokens(&self) -> [i64; 9] {
-        [
-            self.input_tokens,
-            self.output_tokens,
-            self.total_tokens,
-            self.audio_tokens,
-            self.input_audio_tokens,
-            self.output_audio_tokens,
-            self.cached_tokens,
-            self.cache_write_tokens,
-            self.reasoning_tokens,
-        ]
-    }
-}
-
-/// The names of the nine token counts, in the order of [`Usage::tokens`].
-pub const TOKEN_KEYS: [&str; 9] = [
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "audio_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-];
 
 #[cfg(test)]
 mod tests {
@@ -256,6 +270,17 @@ mod tests {
             "Agent".parse::<SessionType>(),
             Err(UnknownSessionType("Agent".to_owned()))
         );
+    }
+
+    #[test]
+    fn token_counts_keep_their_order() {
+        let counts = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let mut tokens = Tokens::from_counts(counts);
+        assert_eq!(tokens.counts(), counts);
+        assert_eq!((tokens.input_tokens, tokens.reasoning_tokens), (1, 9));
+        *tokens.counts_mut()[6] += 10;
+        assert_eq!(tokens.cached_tokens, 17);
+        assert_eq!(Tokens::NAMES[6], "cached_tokens");
     }
 
     #[test]

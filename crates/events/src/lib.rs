@@ -13,10 +13,10 @@ mod wire;
 pub use decode::{
     Decoded, EventError, Ignored, Limits, Message, MessageError, decode_event, decode_message,
 };
-pub use encode::{encode, encode_batch};
+pub use encode::{EncodeError, encode, encode_batch};
 pub use event::{
     Event, EventKind, MAX_DATE, MIN_DATE, RUN_COMPLETED, RunCompleted, SESSION_CREATED,
-    SPEC_VERSION, SessionCreated, SessionType, TOKEN_KEYS, UnknownSessionType, Usage,
+    SPEC_VERSION, SessionCreated, SessionType, Tokens, UnknownSessionType, Usage,
 };
 pub use wire::{
     CloudEvent, RunCompletedData, RunCompletedEvent, RunCompletedType, RunMetrics,

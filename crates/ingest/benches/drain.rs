@@ -10,16 +10,15 @@
 //! (`TEST_DATABASE_URL`), it measures in one run:
 //!
 //! 1. a bare lapin consumer that only acknowledges (each delivery on its own), on a quorum queue
-//!    declared exactly like the service's, with the service's prefetch;
+//!    declared exactly like the service's, with the service's prefetch (`consumer::prefetch`);
 //! 2. `apply` alone on the same events (decoded beforehand), in transactions of the service's
 //!    batch size, on a fresh database;
 //! 3. the `metrics-ingest` binary (built with this profile) draining the same queue contents
 //!    into a fresh database, timed from its start until every event is counted; its peak
 //!    resident memory is its `VmHWM` from `/proc`. The time includes the process's start.
 //!
-//! Settings come from the defaults and `METRICS_*` variables, except that batch messages run with
-//! a prefetch of 100 and batches of 50 deliveries. The last column, decoding alone, is the cost
-//! of `decode_message` on one core, which the service pays on top of `apply`.
+//! Settings come from the defaults and `METRICS_*` variables. The last column, decoding alone, is
+//! the cost of `decode_message` on one core, which the service pays on top of `apply`.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -36,75 +35,40 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use metrics_aggregator::{DateRange, TableName};
-use metrics_events::{
-    Event, EventKind, Limits, RunCompleted, SessionCreated, SessionType, Usage, decode_message,
-};
+use metrics_events::{Event, EventKind, Limits, decode_message};
 use metrics_ingest::Settings;
 use metrics_ingest::topology::Topology;
+use metrics_publisher::traffic::{self, TrafficOptions};
 use metrics_test_support::{TestBroker, TestDatabase};
 use secrecy::ExposeSecret;
 
 /// The longest any phase may take before the benchmark gives up.
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
-/// `events` events: sessions of one `session.created` and three runs, 500 users, 30 days.
+/// About `events` events of `metrics-publisher`'s synthetic traffic (`traffic::events`, seed 1):
+/// `events / 4` sessions of 1 to 5 runs (3 on average), 500 users, 30 days from 2025-01-01.
 fn stream(events: usize) -> Vec<Event> {
-    let start = DateTime::<Utc>::from_timestamp(1_735_689_600, 0).unwrap();
-    let sessions = events / 4;
-    let span = 30 * 86_400;
-    let mut out = Vec::with_capacity(events);
-    for s in 0..sessions {
-        let offset = i64::try_from(s).unwrap() * span / i64::try_from(sessions).unwrap();
-        let time = start + chrono::Duration::seconds(offset);
-        let session_type = SessionType::ALL[s % 3];
-        let user_id = Some(format!("user-{}", s % 500));
-        let session_id = format!("session-{s}");
-        out.push(Event {
-            source: "agno://bench".to_owned(),
-            id: format!("created-{s}"),
-            time,
-            kind: EventKind::SessionCreated(SessionCreated {
-                session_id: session_id.clone(),
-                session_type,
-                user_id: user_id.clone(),
-            }),
-        });
-        for r in 0..3 {
-            out.push(Event {
-                source: "agno://bench".to_owned(),
-                id: format!("run-{s}-{r}"),
-                time: time + chrono::Duration::seconds(r + 1),
-                kind: EventKind::RunCompleted(RunCompleted {
-                    run_id: format!("run-{s}-{r}"),
-                    session_id: session_id.clone(),
-                    session_type,
-                    user_id: user_id.clone(),
-                    parent_run_id: None,
-                    model: Some(["gpt-4o", "claude-sonnet", "gemini"][s % 3].to_owned()),
-                    model_provider: Some("Provider".to_owned()),
-                    usage: Usage {
-                        input_tokens: 120,
-                        output_tokens: 40,
-                        total_tokens: 160,
-                        ..Usage::default()
-                    },
-                }),
-            });
-        }
-    }
-    out
+    traffic::events(&TrafficOptions {
+        sessions: events / 4,
+        users: 500,
+        start: DateTime::<Utc>::from_timestamp(1_735_689_600, 0).unwrap(),
+        days: 30,
+        source: "agno://bench".to_owned(),
+        seed: 1,
+        ..TrafficOptions::default()
+    })
 }
 
 fn bodies(events: &[Event], per_message: usize) -> Vec<Vec<u8>> {
     if per_message == 1 {
         events
             .iter()
-            .map(|event| serde_json::to_vec(&metrics_events::encode(event)).unwrap())
+            .map(|event| serde_json::to_vec(&metrics_events::encode(event).unwrap()).unwrap())
             .collect()
     } else {
         events
             .chunks(per_message)
-            .map(|chunk| serde_json::to_vec(&metrics_events::encode_batch(chunk)).unwrap())
+            .map(|chunk| serde_json::to_vec(&metrics_events::encode_batch(chunk).unwrap()).unwrap())
             .collect()
     }
 }
@@ -135,7 +99,10 @@ async fn bare_consumer(broker: &TestBroker, settings: &Settings, messages: usize
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
-        .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+        .basic_qos(
+            metrics_ingest::consumer::prefetch(settings),
+            BasicQosOptions::default(),
+        )
         .await
         .unwrap();
     let started = Instant::now();
@@ -244,24 +211,21 @@ async fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(200_000);
     let events = stream(total);
-    let runs = i64::try_from(events.len() / 4 * 3).unwrap();
+    let runs = events
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::RunCompleted(_)))
+        .count();
+    let runs = i64::try_from(runs).unwrap();
     println!("drain benchmark: {} events", events.len());
     println!();
     println!(
         "| messages | bare consumer (acks only) | `apply` alone | metrics-ingest | ingest / slower limit | peak RSS | decoding alone (one core) |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    // Batch messages run with a prefetch of 100 messages (and 50 deliveries, 5,000 events, per
-    // transaction): the prefetch bounds the bodies held in memory, and 1,000 messages of 100
-    // events would be 30 MB of them (docs/ingest.md, "Memory").
-    for (per_message, tuning) in [(1, None), (100, Some((100, 50)))] {
+    for per_message in [1, 100] {
         let bodies = bodies(&events, per_message);
         let broker = TestBroker::new().await;
         let mut settings = settings(&TestDatabase::empty(), &broker);
-        if let Some((prefetch, size)) = tuning {
-            settings.amqp.prefetch = prefetch;
-            settings.batch.size = size;
-        }
         Topology::from_settings(&settings.amqp)
             .declare(broker.channel())
             .await
@@ -285,10 +249,13 @@ async fn main() {
             })
             .collect();
         let decode = decoding.elapsed();
-        let batch = settings
-            .batch
-            .max_events
-            .min(settings.batch.size * per_message);
+        let batch = settings.batch.max_events.min(
+            settings
+                .batch
+                .size
+                .min(usize::from(metrics_ingest::consumer::prefetch(&settings)))
+                * per_message,
+        );
         let apply = tokio::task::spawn_blocking(move || apply_alone(decoded, batch))
             .await
             .unwrap();
@@ -310,7 +277,7 @@ async fn main() {
         println!(
             "| {per_message} event(s) per message, {} messages (prefetch {}, batch {} deliveries) | {:.0} msg/s = {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0} events/s ({:.1} s) | {:.0}% | {:.1} MiB | {:.0} events/s |",
             bodies.len(),
-            settings.amqp.prefetch,
+            metrics_ingest::consumer::prefetch(&settings),
             settings.batch.size,
             rate(bodies.len(), bare),
             bare_events,

@@ -1,19 +1,17 @@
 //! The admin listener (its own port; never the public API): `GET /livez` (the process answers),
 //! `GET /readyz` (consuming with a usable channel and a usable database, and not draining), and
-//! the Prometheus text exposition at `GET /metrics`. Also [`probe`], the tiny HTTP client behind
-//! `metrics-ingest healthcheck`.
+//! the Prometheus text exposition at `GET /metrics`, served by `metrics_service::admin`. Also
+//! [`probe`], the skeleton's HTTP client for tests.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use actix_web::HttpResponse;
 use actix_web::dev::Server;
-use actix_web::http::StatusCode;
-use actix_web::{App, HttpResponse, HttpServer, web};
 use lapin::Channel;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use metrics_service::admin::{self, Probes};
 use tracing::error;
 
 use crate::database::Database;
@@ -131,27 +129,31 @@ impl Health {
     }
 }
 
-async fn livez() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+/// The answers of the admin listener ([`metrics_service::admin`] serves them).
+#[derive(Debug)]
+struct IngestProbes {
+    health: Arc<Health>,
+    metrics: Metrics,
 }
 
-async fn readyz(health: web::Data<Arc<Health>>) -> HttpResponse {
-    match health.check().await {
-        Ok(()) => HttpResponse::Ok()
-            .content_type("text/plain")
-            .body("ready\n"),
-        Err(reason) => HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("not ready: {reason}\n")),
+impl Probes for IngestProbes {
+    fn live(&self) -> HttpResponse {
+        HttpResponse::Ok().content_type("text/plain").body("ok\n")
     }
-}
 
-async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
-    match metrics.encode() {
-        Ok(text) => HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(text),
-        Err(_) => HttpResponse::InternalServerError().finish(),
+    async fn ready(&self) -> HttpResponse {
+        match self.health.check().await {
+            Ok(()) => HttpResponse::Ok()
+                .content_type("text/plain")
+                .body("ready\n"),
+            Err(reason) => HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body(format!("not ready: {reason}\n")),
+        }
+    }
+
+    fn exposition(&self) -> Result<String, std::fmt::Error> {
+        self.metrics.encode()
     }
 }
 
@@ -164,26 +166,9 @@ async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
 pub fn serve(
     listener: TcpListener,
     health: Arc<Health>,
-    registry: Metrics,
+    metrics: Metrics,
 ) -> std::io::Result<Server> {
-    let health = web::Data::new(health);
-    let registry = web::Data::new(registry);
-    Ok(HttpServer::new(move || {
-        App::new()
-            .app_data(health.clone())
-            .app_data(registry.clone())
-            .route("/livez", web::get().to(livez))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
-            .default_service(web::to(|| async {
-                HttpResponse::build(StatusCode::NOT_FOUND).finish()
-            }))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
-    .run())
+    admin::serve(listener, Arc::new(IngestProbes { health, metrics }))
 }
 
 /// `GET path` on the admin listener at `addr`; returns the status code and the body.
@@ -192,47 +177,8 @@ pub fn serve(
 ///
 /// When the listener cannot be reached, does not answer within `wait`, or answers garbage.
 pub async fn probe(addr: SocketAddr, path: &str, wait: Duration) -> std::io::Result<(u16, String)> {
-    tokio::time::timeout(wait, async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
-    .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
-}
-
-/// The address to probe for a listen address: a wildcard listens on loopback too.
-pub fn probe_address(listen: SocketAddr) -> SocketAddr {
-    let ip = match listen.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
-        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    SocketAddr::new(ip, listen.port())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcard_listen_addresses_are_probed_on_loopback() {
-        let probe = |listen: &str| probe_address(listen.parse().unwrap()).to_string();
-        assert_eq!(probe("0.0.0.0:9091"), "127.0.0.1:9091");
-        assert_eq!(probe("[::]:9091"), "[::1]:9091");
-        assert_eq!(probe("10.1.2.3:80"), "10.1.2.3:80");
-    }
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || admin::get(addr, &path, wait))
+        .await
+        .map_err(std::io::Error::other)?
 }

@@ -1,9 +1,9 @@
-//! Settings: embedded defaults (`config/default.toml`) < optional file < `METRICS_*` environment.
+//! Settings: embedded defaults (`config/default.toml`) < optional file < `METRICS_*` environment,
+//! loaded by `metrics_service::config`.
 //!
-//! Only this module reads the environment. [`Settings::load`] deserialises the layers and then
-//! validates every value, so a bad setting fails at start with the key it came from. Unknown keys
-//! are ignored rather than refused: deployments often share one `METRICS_*` environment between
-//! metrics-ingest and metrics-query, whose keys differ.
+//! Only this module reads the environment. Every value is validated while it is deserialised
+//! (see the `deserialize_with` of each field), so a bad setting fails at start naming its key;
+//! [`Settings::validate`] adds the checks that compare two keys.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,14 +11,18 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
 use metrics_aggregator::{ConnectionLimits, TableName};
-use metrics_backoff::Backoff;
 use metrics_events::Limits;
+use metrics_service::backoff::Backoff;
+use metrics_service::config::{
+    Layers, at_least, parse_address, parses_as, process_env, socket_address_text,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
-use crate::error::ConfigError;
+pub use metrics_service::config::{ConfigError, redacted_url};
+pub use metrics_service::telemetry::{LogFormat, LogSettings};
 
 /// The embedded defaults: every key, commented.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -48,16 +52,22 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     /// Connection URL; may hold a password.
+    #[serde(deserialize_with = "postgres_url")]
     pub url: SecretString,
     /// Most open connections.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub pool_size: u32,
     /// Wait for a connection, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub connect_timeout_ms: u64,
     /// Longest statement, lock wait or idle transaction, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub statement_timeout_ms: u64,
     /// Longest silence of the network (`tcp_user_timeout`, keepalives), in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1000>")]
     pub tcp_timeout_ms: u64,
     /// The metrics table events are counted into.
+    #[serde(deserialize_with = "parses_as::<_, TableName>")]
     pub table: String,
 }
 
@@ -75,16 +85,22 @@ impl DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     /// Connection URL; may hold a password.
+    #[serde(deserialize_with = "amqp_url")]
     pub url: SecretString,
     /// The topic exchange producers publish to.
+    #[serde(deserialize_with = "amqp_name")]
     pub exchange: String,
     /// The quorum queue consumed.
+    #[serde(deserialize_with = "amqp_name")]
     pub queue: String,
     /// `basic.qos` prefetch count.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub prefetch: u16,
     /// `x-delivery-limit` of the queue.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub delivery_limit: u32,
     /// Wait for the broker to accept a connection, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub connect_timeout_ms: u64,
     /// The heartbeat asked for, in seconds, when the URL names none.
     pub heartbeat_s: u16,
@@ -94,23 +110,33 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BatchSettings {
     /// Most deliveries per transaction.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub size: usize,
     /// Most events per transaction.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub max_events: usize,
     /// Longest wait for a batch to fill, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub wait_ms: u64,
+    /// Most bytes of message bodies held at once; caps the prefetch (`consumer::prefetch`).
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
+    pub memory_bytes: usize,
 }
 
 /// `[limits]`: see [`Limits`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitsSettings {
     /// Largest message body in bytes.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub max_body_bytes: usize,
     /// Most events in a batch message.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub max_batch_events: usize,
     /// Longest id-like field in characters.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub max_id_chars: usize,
     /// Longest `source` in characters.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub max_source_chars: usize,
 }
 
@@ -118,8 +144,9 @@ pub struct LimitsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BackoffSettings {
     /// First wait after a failure, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub min_ms: u64,
-    /// Longest wait, in milliseconds.
+    /// Longest wait, in milliseconds; at least `min_ms`.
     pub max_ms: u64,
 }
 
@@ -127,6 +154,7 @@ pub struct BackoffSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShutdownSettings {
     /// Most time spent draining, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub timeout_ms: u64,
 }
 
@@ -134,29 +162,12 @@ pub struct ShutdownSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
     /// Listen address, `host:port`; port 0 picks a free one.
+    #[serde(deserialize_with = "socket_address_text")]
     pub listen: String,
     /// How long a batch may wait to be settled before `/readyz` reports not ready, in
     /// milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub stall_timeout_ms: u64,
-}
-
-/// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LogSettings {
-    /// Filter when `RUST_LOG` is unset.
-    pub level: String,
-    /// Output format.
-    pub format: LogFormat,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Compact human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 impl Settings {
@@ -179,141 +190,42 @@ impl Settings {
         file: Option<&Path>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
-        if let Some(file) = file {
-            builder = builder.add_source(File::from(file).format(FileFormat::Toml).required(true));
+        let settings: Settings = Layers {
+            defaults: DEFAULTS,
+            file,
+            aliases: &[],
         }
-        let env = Environment::with_prefix("METRICS")
-            .prefix_separator("_")
-            .separator("__")
-            .source(env);
-        let settings: Settings = builder
-            .add_source(env)
-            .build()
-            .and_then(Config::try_deserialize)
-            .map_err(ConfigError::Load)?;
+        .load(&env.unwrap_or_else(process_env))?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Checks every value that deserialised but makes no sense.
+    /// The checks that compare keys, and those of values tests set in code.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = url::Url::parse(self.database.url.expose_secret())
-            .map_err(|err| invalid("database.url", format!("is not a URL ({err})")))?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(invalid(
-                "database.url",
-                "must start with `postgres://` or `postgresql://`",
+        if self.batch.size > usize::from(self.amqp.prefetch) {
+            return Err(ConfigError::invalid(
+                "batch.size",
+                "must not exceed `amqp.prefetch`, or a batch could never fill",
             ));
         }
-        check(
-            self.database.pool_size >= 1,
-            "database.pool_size",
-            "must be at least 1",
-        )?;
-        check(
-            self.database.connect_timeout_ms >= 1,
-            "database.connect_timeout_ms",
-            "must be at least 1",
-        )?;
-        check(
-            self.database.statement_timeout_ms >= 1,
-            "database.statement_timeout_ms",
-            "must be at least 1",
-        )?;
-        check(
-            self.database.tcp_timeout_ms >= 1000,
-            "database.tcp_timeout_ms",
-            "must be at least 1000",
-        )?;
+        if self.batch.memory_bytes < self.limits.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "batch.memory_bytes",
+                "must be at least `limits.max_body_bytes`, or a largest message would not fit",
+            ));
+        }
+        if self.backoff.max_ms < self.backoff.min_ms {
+            return Err(ConfigError::invalid(
+                "backoff.max_ms",
+                "must be at least `backoff.min_ms`",
+            ));
+        }
         self.table_name()?;
-        lapin::uri::AMQPUri::from_str(self.amqp.url.expose_secret()).map_err(|_| {
-            invalid(
-                "amqp.url",
-                "is not an AMQP URL (`amqp://user:password@host:port/vhost`)",
-            )
-        })?;
-        check_name(&self.amqp.exchange, "amqp.exchange")?;
-        check_name(&self.amqp.queue, "amqp.queue")?;
-        check(
-            self.amqp.prefetch >= 1,
-            "amqp.prefetch",
-            "must be at least 1",
-        )?;
-        check(
-            self.amqp.delivery_limit >= 1,
-            "amqp.delivery_limit",
-            "must be at least 1",
-        )?;
-        check(
-            self.amqp.connect_timeout_ms >= 1,
-            "amqp.connect_timeout_ms",
-            "must be at least 1",
-        )?;
-        check(self.batch.size >= 1, "batch.size", "must be at least 1")?;
-        check(
-            self.batch.size <= usize::from(self.amqp.prefetch),
-            "batch.size",
-            "must not exceed `amqp.prefetch`, or a batch could never fill",
-        )?;
-        check(
-            self.batch.max_events >= 1,
-            "batch.max_events",
-            "must be at least 1",
-        )?;
-        check(
-            self.batch.wait_ms >= 1,
-            "batch.wait_ms",
-            "must be at least 1",
-        )?;
-        check(
-            self.limits.max_body_bytes >= 1,
-            "limits.max_body_bytes",
-            "must be at least 1",
-        )?;
-        check(
-            self.limits.max_batch_events >= 1,
-            "limits.max_batch_events",
-            "must be at least 1",
-        )?;
-        check(
-            self.limits.max_id_chars >= 1,
-            "limits.max_id_chars",
-            "must be at least 1",
-        )?;
-        check(
-            self.limits.max_source_chars >= 1,
-            "limits.max_source_chars",
-            "must be at least 1",
-        )?;
-        check(
-            self.backoff.min_ms >= 1,
-            "backoff.min_ms",
-            "must be at least 1",
-        )?;
-        check(
-            self.backoff.max_ms >= self.backoff.min_ms,
-            "backoff.max_ms",
-            "must be at least `backoff.min_ms`",
-        )?;
-        check(
-            self.shutdown.timeout_ms >= 1,
-            "shutdown.timeout_ms",
-            "must be at least 1",
-        )?;
         self.admin_listen()?;
-        check(
-            self.admin.stall_timeout_ms >= 1,
-            "admin.stall_timeout_ms",
-            "must be at least 1",
-        )?;
-        check(!self.log.level.is_empty(), "log.level", "must not be empty")?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|err| invalid("log.level", format!("is not a log filter ({err})")))?;
         Ok(())
     }
 
@@ -326,7 +238,7 @@ impl Settings {
         self.database
             .table
             .parse()
-            .map_err(|err| invalid("database.table", format!("{err}")))
+            .map_err(|err| ConfigError::invalid("database.table", format!("{err}")))
     }
 
     /// `admin.listen` as a socket address.
@@ -335,12 +247,8 @@ impl Settings {
     ///
     /// [`ConfigError::Invalid`] when it is not `ip:port`.
     pub fn admin_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.admin.listen.parse().map_err(|_| {
-            invalid(
-                "admin.listen",
-                "is not an `ip:port` socket address (for example `0.0.0.0:9091`)",
-            )
-        })
+        parse_address(&self.admin.listen)
+            .map_err(|reason| ConfigError::invalid("admin.listen", reason))
     }
 
     /// The event contract's limits.
@@ -377,45 +285,45 @@ impl BackoffSettings {
     }
 }
 
-/// A URL with its password removed, for logs.
-pub fn redacted_url(url: &SecretString) -> String {
-    match url::Url::parse(url.expose_secret()) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.into()
-        }
-        Err(_) => "<unparsable URL>".to_owned(),
+/// A `postgres://` or `postgresql://` URL.
+fn postgres_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
+    let url = SecretString::deserialize(deserializer)?;
+    let parsed = url::Url::parse(url.expose_secret())
+        .map_err(|err| D::Error::custom(format!("is not a URL ({err})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(D::Error::custom(
+            "must start with `postgres://` or `postgresql://`",
+        ));
     }
+    Ok(url)
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
+/// An `amqp://` or `amqps://` URL.
+fn amqp_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
+    let url = SecretString::deserialize(deserializer)?;
+    lapin::uri::AMQPUri::from_str(url.expose_secret()).map_err(|_| {
+        D::Error::custom("is not an AMQP URL (`amqp://user:password@host:port/vhost`)")
+    })?;
+    Ok(url)
 }
 
-fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(key, reason))
+/// Exchange and queue names: non-empty, at most 250 bytes (`<queue>.dead` must still fit in an
+/// AMQP short string), and not the `amq.` prefix the broker reserves (AMQP 0-9-1 reference,
+/// `exchange.declare`).
+fn amqp_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    if name.is_empty() {
+        return Err(D::Error::custom("must not be empty"));
     }
-}
-
-/// Exchange and queue names: non-empty, at most 255 bytes (an AMQP short string), and not the
-/// `amq.` prefix the broker reserves (AMQP 0-9-1 reference, `exchange.declare`).
-fn check_name(name: &str, key: &'static str) -> Result<(), ConfigError> {
-    check(!name.is_empty(), key, "must not be empty")?;
-    // `<queue>.dead` must still fit in a short string.
-    check(name.len() <= 250, key, "must be at most 250 bytes")?;
-    check(
-        !name.starts_with("amq."),
-        key,
-        "must not start with `amq.` (reserved by the broker)",
-    )
+    if name.len() > 250 {
+        return Err(D::Error::custom("must be at most 250 bytes"));
+    }
+    if name.starts_with("amq.") {
+        return Err(D::Error::custom(
+            "must not start with `amq.` (reserved by the broker)",
+        ));
+    }
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -517,6 +425,7 @@ mod tests {
             ("METRICS_AMQP__QUEUE", "amq.mine", "amqp.queue"),
             ("METRICS_ADMIN__LISTEN", "localhost", "admin.listen"),
             ("METRICS_BACKOFF__MAX_MS", "1", "backoff.max_ms"),
+            ("METRICS_BATCH__MEMORY_BYTES", "1000", "batch.memory_bytes"),
         ] {
             let err = Settings::from_sources(None, env(&[(key, value)])).unwrap_err();
             assert!(
@@ -531,10 +440,10 @@ mod tests {
     fn undeserialisable_values_name_their_key() {
         let err =
             Settings::from_sources(None, env(&[("METRICS_AMQP__PREFETCH", "many")])).unwrap_err();
-        let text = crate::consumer::error_chain(&err);
+        let text = metrics_service::error_chain(&err);
         assert!(text.contains("amqp.prefetch"), "{text}");
         let err = Settings::from_sources(None, env(&[("METRICS_LOG__FORMAT", "xml")])).unwrap_err();
-        let text = crate::consumer::error_chain(&err);
+        let text = metrics_service::error_chain(&err);
         assert!(text.contains("log.format"), "{text}");
     }
 
@@ -563,11 +472,5 @@ mod tests {
             assert!(wait >= Duration::from_millis(100) && wait <= Duration::from_millis(1000));
         }
         assert_eq!(backoff.sustained(), Duration::from_millis(1000));
-    }
-
-    #[test]
-    fn redacted_urls_hide_the_password() {
-        let url = SecretString::from("amqp://guest:hunter2@rabbit:5672/%2f");
-        assert_eq!(redacted_url(&url), "amqp://guest:***@rabbit:5672/%2f");
     }
 }

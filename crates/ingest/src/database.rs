@@ -3,9 +3,11 @@
 //!
 //! The aggregator uses synchronous diesel, so every call goes through `spawn_blocking`: a
 //! transaction is a plain scope that commits or rolls back, never left half-done by a cancelled
-//! `.await`. After any failure the pool is replaced by a fresh one: r2d2 only discards a
-//! connection diesel marks broken (a failed transaction), so one killed by the server while idle
-//! (`pg_terminate_backend`, a restart) would otherwise be handed out again and fail every batch.
+//! `.await`. The pool tests every connection on checkout (`SELECT 1`), so one the server closed
+//! while it sat idle (`pg_terminate_backend`, a restart) is discarded there and replaced, and a
+//! failed batch needs nothing more than a retry. The pool is replaced only when a worker is
+//! abandoned at its deadline: that worker keeps its (frozen) connection checked out until TCP
+//! gives up on it, and the retry must not wait for it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -103,7 +105,7 @@ impl Database {
     }
 
     /// Drops every pooled connection: the next use connects afresh.
-    pub fn reset(&self) {
+    fn reset(&self) {
         if let Ok(pool) = metrics_aggregator::connect(
             self.url.expose_secret(),
             self.pool_size,
@@ -118,7 +120,7 @@ impl Database {
     ///
     /// # Errors
     ///
-    /// [`DatabaseError`]; nothing was written. After an error the pool is reset.
+    /// [`DatabaseError`]; nothing was written. After a timeout the pool is replaced.
     pub async fn apply(
         self: &Arc<Self>,
         events: Arc<[Event]>,
@@ -133,7 +135,7 @@ impl Database {
             Err(_) => Err(DatabaseError::Timeout(self.deadline)),
         };
         let elapsed = started.elapsed();
-        if result.is_err() {
+        if matches!(result, Err(DatabaseError::Timeout(_))) {
             self.reset();
         }
         (result, elapsed)
@@ -154,18 +156,14 @@ impl Database {
         metrics_aggregator::apply(&mut conn, table_id, events).map_err(DatabaseError::Apply)
     }
 
-    /// Whether a connection can be had and answers `SELECT 1`; resets the pool when not.
+    /// Whether a connection can be had and answers `SELECT 1`.
     pub async fn is_usable(self: &Arc<Self>) -> bool {
         let pool = self.pool();
-        let usable = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             pool.get_timeout(PROBE_TIMEOUT)
                 .is_ok_and(|mut conn| diesel::sql_query("SELECT 1").execute(&mut conn).is_ok())
         })
         .await
-        .unwrap_or(false);
-        if !usable {
-            self.reset();
-        }
-        usable
+        .unwrap_or(false)
     }
 }

@@ -1,20 +1,7 @@
-//! The errors of the ingest service: configuration, and why a session with the broker ended.
+//! The errors of the ingest service: configuration (the skeleton's), and why a session with the
+//! broker ended.
 
-/// Why the settings could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A layer could not be read or deserialised; the source names the key.
-    #[error("reading the configuration")]
-    Load(#[source] config::ConfigError),
-    /// A value deserialised but is not usable.
-    #[error("invalid configuration key `{key}`: {reason}")]
-    Invalid {
-        /// The dotted key, as in `config/default.toml`.
-        key: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+pub use metrics_service::config::ConfigError;
 
 /// Why a session with the broker ended; the consumer reconnects after any of them.
 #[derive(Debug, thiserror::Error)]

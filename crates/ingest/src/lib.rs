@@ -1,13 +1,12 @@
 //! `metrics-ingest`: consumes AgentOS events from RabbitMQ and counts them into the
 //! aggregator's daily rows in PostgreSQL, exactly once in effect.
 //!
-//! - [`config`]: layered settings, validated at start.
-//! - [`telemetry`]: logging and the Prometheus metrics.
+//! - [`config`]: the service's settings, loaded and validated by the `metrics-service` skeleton.
+//! - [`telemetry`]: the Prometheus metrics.
 //! - [`topology`]: the exchange, quorum queue and dead-letter entities, declared at every connect.
 //! - [`consumer`]: the delivery loop (batching, apply, dead letters, acks, reconnects).
-//! - [`requeue`]: moving a redelivered message to the tail before the broker's delivery limit.
 //! - [`database`]: the pool and `apply` on the blocking pool.
-//! - [`admin`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`admin`]: what `/livez`, `/readyz` and `/metrics` answer on the skeleton's admin listener.
 //! - [`startup`]: [`Application`], and the `run`, `migrate` and `healthcheck` commands.
 
 pub mod admin;
@@ -15,7 +14,6 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod error;
-pub mod requeue;
 pub mod startup;
 pub mod telemetry;
 pub mod topology;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metrics_ingest::{Settings, telemetry};
+use metrics_ingest::Settings;
+use metrics_service::telemetry;
 
 /// Consume AgentOS events from RabbitMQ into the daily metrics rows in PostgreSQL.
 ///
@@ -47,7 +48,7 @@ fn main() -> anyhow::Result<ExitCode> {
 async fn start() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref()).context("loading the settings")?;
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, std::io::stdout, &[]).context("initialising logging")?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => metrics_ingest::run(settings).await?,
         Command::Migrate => {

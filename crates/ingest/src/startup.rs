@@ -14,7 +14,9 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{self, Health};
+use metrics_service::{admin, shutdown};
+
+use crate::admin::Health;
 use crate::config::{Settings, redacted_url};
 use crate::consumer::{self, Context};
 use crate::database::Database;
@@ -59,7 +61,7 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .with_context(|| format!("binding the admin listener to {listen}"))?;
         let admin_port = listener.local_addr()?.port();
-        let server = admin::serve(listener, Arc::clone(&health), metrics.clone())
+        let server = crate::admin::serve(listener, Arc::clone(&health), metrics.clone())
             .context("starting the admin listener")?;
         let context = Arc::new(Context {
             database_backoff: std::sync::Mutex::new(settings.backoff.policy()),
@@ -141,24 +143,10 @@ impl Application {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let application = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
-    let signals = shutdown_on_signal(shutdown.clone())?;
+    let signals = shutdown::cancel_on_signal(shutdown.clone())?;
     let result = application.run_until_stopped(shutdown).await;
     signals.abort();
     result
-}
-
-fn shutdown_on_signal(shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => info!(signal = "SIGTERM", "signal received"),
-            _ = interrupt.recv() => info!(signal = "SIGINT", "signal received"),
-        }
-        shutdown.cancel();
-    }))
 }
 
 /// Applies the embedded migrations and returns how many ran.
@@ -186,13 +174,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<usize> {
 ///
 /// When the listener cannot be reached or the service is not ready.
 pub async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
-    let addr = admin::probe_address(settings.admin_listen()?);
-    let (status, body) = admin::probe(addr, "/readyz", Duration::from_secs(5))
+    let listen = settings.admin_listen()?;
+    tokio::task::spawn_blocking(move || admin::healthcheck(listen, admin::HEALTHCHECK_TIMEOUT))
         .await
-        .with_context(|| format!("asking {addr}/readyz"))?;
-    if status == 200 {
-        Ok(())
-    } else {
-        anyhow::bail!("{addr}/readyz answered {status}: {}", body.trim())
-    }
+        .context("asking /readyz")?
 }

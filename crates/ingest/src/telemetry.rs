@@ -1,35 +1,14 @@
-//! Logging and the Prometheus metrics of the service, each defined once here.
+//! The Prometheus metrics of the service, each defined once here (logging is set up by
+//! `metrics_service::telemetry`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
-
-use crate::config::{LogFormat, LogSettings};
-
-/// Installs the global `tracing` subscriber: `RUST_LOG` over `log.level`, JSON or compact text.
-/// Later calls (tests start several services in one process) keep the first subscriber.
-pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE);
-    let _ = match settings.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.compact().try_init(),
-    };
-}
 
 /// The label of one outcome.
 pub type OutcomeLabel = [(&'static str, &'static str); 1];
@@ -78,6 +57,8 @@ pub struct Metrics {
     apply_duration: Histogram,
     reconnects: Family<[(&'static str, &'static str); 1], Counter>,
     ready: Gauge,
+    held_bytes: Gauge,
+    held_bytes_max: Gauge,
 }
 
 impl Metrics {
@@ -119,6 +100,18 @@ impl Metrics {
             "1 while consuming with a usable channel, 0 while connecting or draining",
             ready.clone(),
         );
+        let held_bytes = Gauge::default();
+        registry.register(
+            "metrics_ingest_held_bytes",
+            "Bytes of message bodies held: gathered, being written or awaiting a dead letter",
+            held_bytes.clone(),
+        );
+        let held_bytes_max = Gauge::default();
+        registry.register(
+            "metrics_ingest_held_bytes_max",
+            "The most bytes of message bodies held at once since start (batch.memory_bytes bounds it)",
+            held_bytes_max.clone(),
+        );
         for outcome in [
             Outcome::Applied,
             Outcome::Duplicate,
@@ -139,6 +132,8 @@ impl Metrics {
             apply_duration,
             reconnects,
             ready,
+            held_bytes,
+            held_bytes_max,
         }
     }
 
@@ -177,6 +172,25 @@ impl Metrics {
     /// Publishes readiness.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Publishes the bytes of message bodies held now, and the most held so far.
+    pub fn set_held_bytes(&self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.held_bytes.set(bytes);
+        self.held_bytes_max
+            .inner()
+            .fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes of message bodies held now.
+    pub fn held_bytes(&self) -> i64 {
+        self.held_bytes.get()
+    }
+
+    /// The most bytes of message bodies held at once so far.
+    pub fn held_bytes_max(&self) -> i64 {
+        self.held_bytes_max.get()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,6 +1,6 @@
 //! A message as it goes on the wire: routing key, content type and body.
 
-use metrics_events::{Event, encode, encode_batch};
+use metrics_events::{EncodeError, Event, encode, encode_batch};
 
 /// The content type of a single event (CloudEvents structured mode).
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -22,21 +22,29 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     /// One event, routed by its type.
-    pub fn event(event: &Event) -> Self {
-        Self {
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] when the event holds a value the wire cannot carry.
+    pub fn event(event: &Event) -> Result<Self, EncodeError> {
+        Ok(Self {
             routing_key: event.event_type().to_owned(),
             content_type: EVENT_CONTENT_TYPE,
-            body: encode(event).to_string().into_bytes(),
-        }
+            body: encode(event)?.to_string().into_bytes(),
+        })
     }
 
     /// A batch of events, routed with [`BATCH_ROUTING_KEY`].
-    pub fn batch<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
-        Self {
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] when an event holds a value the wire cannot carry.
+    pub fn batch<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, EncodeError> {
+        Ok(Self {
             routing_key: BATCH_ROUTING_KEY.to_owned(),
             content_type: BATCH_CONTENT_TYPE,
-            body: encode_batch(events).to_string().into_bytes(),
-        }
+            body: encode_batch(events)?.to_string().into_bytes(),
+        })
     }
 
     /// Any body: for other event types, or for testing how consumers handle bad input.

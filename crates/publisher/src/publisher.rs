@@ -70,6 +70,9 @@ pub enum PublishError {
     /// The broker negatively acknowledged a message (it could not take responsibility for it).
     #[error("RabbitMQ refused a message (negative publisher confirm)")]
     Nacked,
+    /// An event holds a value the wire cannot carry; nothing was published.
+    #[error("encoding the event")]
+    Encode(#[from] metrics_events::EncodeError),
 }
 
 impl PublishError {
@@ -129,7 +132,7 @@ impl Publisher {
     ///
     /// [`PublishError`] when every attempt failed.
     pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
-        self.publish_all(&[OutgoingMessage::event(event)]).await
+        self.publish_all(&[OutgoingMessage::event(event)?]).await
     }
 
     /// Publishes `events` as one batch message and waits for its confirm.
@@ -138,7 +141,7 @@ impl Publisher {
     ///
     /// [`PublishError`] when every attempt failed.
     pub async fn publish_batch(&self, events: &[Event]) -> Result<(), PublishError> {
-        self.publish_all(&[OutgoingMessage::batch(events)]).await
+        self.publish_all(&[OutgoingMessage::batch(events)?]).await
     }
 
     /// Publishes `messages` in windows of [`PublisherOptions::window`], waiting for each

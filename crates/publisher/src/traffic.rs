@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Duration, Utc};
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -125,22 +125,25 @@ fn type_index(session_type: SessionType) -> usize {
     }
 }
 
-/// Generates the traffic `options` describe.
-pub fn generate(options: &TrafficOptions) -> Traffic {
-    let mut rng = StdRng::seed_from_u64(options.seed);
-    let mut summary = Summary::default();
-    let mut events = Vec::new();
-    let mut cost = BigDecimal::from(0);
-    let mut users = BTreeSet::new();
-    let span = i64::from(options.days.max(1)) * 86_400;
+/// The distinct events of the traffic `options` describe, in time order: every session's
+/// `session.created` and its runs, without the redeliveries, re-sent runs, shuffling, poison and
+/// batching that [`generate`] adds. For fixtures and benchmarks that feed the aggregator or the
+/// decoder directly; the same options and seed give the same events as [`generate`] carries.
+pub fn events(options: &TrafficOptions) -> Vec<Event> {
+    let mut events = sessions(options, &mut StdRng::seed_from_u64(options.seed));
+    events.sort_by_key(|event| event.time);
+    events
+}
 
+/// The sessions and their runs, in generation order.
+fn sessions(options: &TrafficOptions, rng: &mut StdRng) -> Vec<Event> {
+    let mut events = Vec::new();
+    let span = i64::from(options.days.max(1)) * 86_400;
     for s in 0..options.sessions {
         let session_type = SessionType::ALL[rng.random_range(0..3)];
         let user = format!("user-{}", rng.random_range(0..options.users.max(1)));
-        users.insert(user.clone());
         let session_id = format!("{}-session-{s}", options.seed);
         let started = options.start + Duration::seconds(rng.random_range(0..span));
-        summary.sessions[type_index(session_type)] += 1;
         events.push(Event {
             source: options.source.clone(),
             id: format!("{}-created-{s}", options.seed),
@@ -158,11 +161,6 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
             let input = rng.random_range(50..4_000i64);
             let output = rng.random_range(10..1_500i64);
             let run_cost = BigDecimal::new(rng.random_range(1..50_000i64).into(), 6);
-            summary.runs[type_index(session_type)] += 1;
-            summary.input_tokens += input;
-            summary.output_tokens += output;
-            summary.total_tokens += input + output;
-            cost += &run_cost;
             events.push(Event {
                 source: options.source.clone(),
                 id: format!("{}-run-{s}-{r}", options.seed),
@@ -176,16 +174,43 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
                     model: Some(model.to_owned()),
                     model_provider: provider.map(str::to_owned),
                     usage: Usage {
-                        input_tokens: input,
-                        output_tokens: output,
-                        total_tokens: input + output,
-                        cached_tokens: input / 4,
-                        reasoning_tokens: output / 5,
+                        tokens: Tokens {
+                            input_tokens: input,
+                            output_tokens: output,
+                            total_tokens: input + output,
+                            cached_tokens: input / 4,
+                            reasoning_tokens: output / 5,
+                            ..Tokens::default()
+                        },
                         cost: run_cost,
-                        ..Usage::default()
                     },
                 }),
             });
+        }
+    }
+    events
+}
+
+/// Generates the traffic `options` describe.
+pub fn generate(options: &TrafficOptions) -> Traffic {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut summary = Summary::default();
+    let mut events = sessions(options, &mut rng);
+    let mut cost = BigDecimal::from(0);
+    let mut users = BTreeSet::new();
+    for event in &events {
+        match &event.kind {
+            EventKind::SessionCreated(session) => {
+                summary.sessions[type_index(session.session_type)] += 1;
+                users.extend(session.user_id.clone());
+            }
+            EventKind::RunCompleted(run) => {
+                summary.runs[type_index(run.session_type)] += 1;
+                summary.input_tokens += run.usage.tokens.input_tokens;
+                summary.output_tokens += run.usage.tokens.output_tokens;
+                summary.total_tokens += run.usage.tokens.total_tokens;
+                cost += &run.usage.cost;
+            }
         }
     }
     summary.distinct_events = events.len();
@@ -229,7 +254,7 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
     }
     summary.events_sent = events.len();
 
-    let mut messages: Vec<OutgoingMessage> = if options.batch <= 1 {
+    let encoded: Result<Vec<OutgoingMessage>, _> = if options.batch <= 1 {
         events.iter().map(OutgoingMessage::event).collect()
     } else {
         events
@@ -237,6 +262,11 @@ pub fn generate(options: &TrafficOptions) -> Traffic {
             .map(OutgoingMessage::batch)
             .collect()
     };
+    #[expect(
+        clippy::expect_used,
+        reason = "generated counts are non-negative and costs have six decimals: a double holds them"
+    )]
+    let mut messages = encoded.expect("generated events encode");
     let poison = (messages.len() as f64 * options.poison.clamp(0.0, 1.0)).round() as usize;
     for p in 0..poison {
         let at = rng.random_range(0..=messages.len());

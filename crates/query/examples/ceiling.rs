@@ -1,8 +1,9 @@
 //! Benchmark reference: the HTTP ceiling of this machine for `GET /metrics`. Serves the bytes
 //! of `--body` (a response saved from the real service) from memory at `/metrics`, through the
 //! same actix-web server, worker count and request-span middleware as `metrics-query`, with no
-//! database. Used by `scripts/bench-query.sh`.
+//! database. Used by `scripts/bench-query.sh` and `scripts/bench-query-users.sh`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use actix_web::http::header::ContentType;
@@ -16,7 +17,7 @@ struct Args {
     /// The response body to serve.
     #[arg(long)]
     body: PathBuf,
-    /// Where to listen.
+    /// Where to listen (port 0: a free port, printed as `listening on ADDRESS`).
     #[arg(long, default_value = "127.0.0.1:7789")]
     listen: String,
     /// Worker threads; 0 means one per core, as `http.workers`.
@@ -45,6 +46,10 @@ async fn main() -> anyhow::Result<()> {
     if args.workers > 0 {
         server = server.workers(args.workers);
     }
-    server.bind(&args.listen)?.run().await?;
+    let server = server.bind(&args.listen)?;
+    for address in server.addrs() {
+        writeln!(std::io::stdout(), "listening on {address}")?;
+    }
+    server.run().await?;
     Ok(())
 }

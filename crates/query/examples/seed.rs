@@ -1,20 +1,20 @@
-//! Benchmark fixture: migrates the database at `--url` and writes `--days` days of realistic
-//! rows (three models a day, a few sessions and users) into metrics table `agno_metrics`
-//! through the aggregator, ending yesterday (UTC). Used by `scripts/bench-query.sh`.
+//! Benchmark fixture: migrates the database at `--url` and writes `--days` days of rows into
+//! metrics table `agno_metrics` through the aggregator, ending yesterday (UTC). Each day is one
+//! day of `metrics-publisher`'s synthetic traffic (`traffic::events`, seeded with the day's
+//! number): `--sessions` sessions of 1 to 5 runs, on the generator's five models, by three
+//! users. Used by `scripts/bench-query.sh`, `scripts/bench-query-users.sh` and
+//! `scripts/schemathesis.sh` (through `xtask stack --seed-days`).
 #![expect(
     clippy::print_stdout,
     reason = "a command-line fixture reports what it wrote"
 )]
 
-use std::str::FromStr;
-
 use anyhow::Context;
-use bigdecimal::BigDecimal;
 use chrono::{Days, Utc};
 use clap::Parser;
 use diesel::{Connection, PgConnection};
 use metrics_aggregator::TableName;
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_publisher::traffic::{self, TrafficOptions};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -24,6 +24,9 @@ struct Args {
     /// How many days of rows to write.
     #[arg(long, default_value_t = 400)]
     days: u64,
+    /// Sessions a day.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,64 +35,31 @@ fn main() -> anyhow::Result<()> {
     metrics_aggregator::migrate(&mut conn).context("migrating")?;
     let table = metrics_aggregator::register_table(&mut conn, &TableName::default())?;
     let today = Utc::now().date_naive();
-    let models = [
-        ("gpt-4o", "OpenAI"),
-        ("claude-sonnet-4", "Anthropic"),
-        ("gemini-2.5-pro", "Google"),
-    ];
     for day in 1..=args.days {
         let date = today - Days::new(day);
-        let mut events = Vec::new();
-        for session in 0..4_u32 {
-            let session_id = format!("{date}-s{session}");
-            let session_type = SessionType::ALL[(session % 3) as usize];
-            let user_id = Some(format!("user-{}", session % 3));
-            let at = |minute: u32| {
-                date.and_hms_opt(10 + session, minute, 0)
-                    .map(|time| time.and_utc())
-                    .context("a valid time")
-            };
-            events.push(Event {
-                source: "bench".to_owned(),
-                id: format!("{session_id}-created"),
-                time: at(0)?,
-                kind: EventKind::SessionCreated(SessionCreated {
-                    session_id: session_id.clone(),
-                    session_type,
-                    user_id: user_id.clone(),
-                }),
-            });
-            for run in 0..5_u32 {
-                let (model, provider) = models[((run + session) % 3) as usize];
-                let tokens = i64::from(100 * run + 37 * session + 11);
-                events.push(Event {
-                    source: "bench".to_owned(),
-                    id: format!("{session_id}-r{run}"),
-                    time: at(run + 1)?,
-                    kind: EventKind::RunCompleted(RunCompleted {
-                        run_id: format!("{session_id}-r{run}"),
-                        session_id: session_id.clone(),
-                        session_type,
-                        user_id: user_id.clone(),
-                        parent_run_id: None,
-                        model: Some(model.to_owned()),
-                        model_provider: Some(provider.to_owned()),
-                        usage: Usage {
-                            input_tokens: tokens,
-                            output_tokens: tokens / 3,
-                            total_tokens: tokens + tokens / 3,
-                            audio_tokens: 0,
-                            input_audio_tokens: 0,
-                            output_audio_tokens: 0,
-                            cached_tokens: tokens / 5,
-                            cache_write_tokens: tokens / 7,
-                            reasoning_tokens: tokens / 11,
-                            cost: BigDecimal::from_str("0.000125")? * BigDecimal::from(tokens),
-                        },
-                    }),
-                });
-            }
-        }
+        let start = date
+            .and_hms_opt(0, 0, 0)
+            .context("midnight is a valid time")?
+            .and_utc();
+        let events = traffic::events(&TrafficOptions {
+            sessions: args.sessions,
+            users: 3,
+            start,
+            days: 1,
+            source: "bench".to_owned(),
+            seed: day,
+            ..TrafficOptions::default()
+        });
+        let events: Vec<_> = events
+            .into_iter()
+            .map(|mut event| {
+                // The generator spreads the sessions over the whole day; halved, they start
+                // before noon and their runs (at most 5 x 15 min later) stay on the day.
+                let offset = event.time - start;
+                event.time = start + offset / 2;
+                event
+            })
+            .collect();
         metrics_aggregator::apply(&mut conn, table, &events)?;
     }
     println!("seeded {} days of agno_metrics", args.days);

@@ -1,16 +1,25 @@
 //! Settings: the embedded `config/default.toml`, an optional `--config` file, then the
 //! environment (`METRICS_` + key path with `__`, and AgentOS's `OS_SECURITY_KEY`,
-//! `JWT_VERIFICATION_KEY` and `JWT_JWKS_FILE`), validated into one typed tree. Only this module reads the environment; tests build [`Settings`] in code.
+//! `JWT_VERIFICATION_KEY` and `JWT_JWKS_FILE`), loaded by `metrics_service::config` into one
+//! typed tree. Values are validated while they are deserialised (each field's
+//! `deserialize_with`); what spans several keys (database ids, JWT keys) is checked once the tree
+//! is read. Only this module reads the environment; tests build [`Settings`] in code.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
 use metrics_aggregator::TableName;
+use metrics_service::config::{
+    Layers, at_least, millis, optional_secret, positive_millis, process_env, socket_address,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+pub use metrics_service::config::ConfigError;
+pub use metrics_service::telemetry::{LogFormat, LogSettings};
 
 /// The reference configuration, embedded so the binary runs without any file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -18,8 +27,10 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The environment variable AgentOS reads its security key from.
 pub const OS_SECURITY_KEY: &str = "OS_SECURITY_KEY";
 
-/// The environment variables AgentOS reads its JWT keys from, and the keys they set.
-pub const JWT_VARIABLES: [(&str, &str); 2] = [
+/// The environment variables AgentOS reads its keys from, and the keys they set (under the
+/// `METRICS_*` variables, which win).
+pub const AGENTOS_VARIABLES: [(&str, &str); 3] = [
+    (OS_SECURITY_KEY, "AUTH__SECURITY_KEY"),
     ("JWT_VERIFICATION_KEY", "AUTH__JWT__VERIFICATION_KEY"),
     ("JWT_JWKS_FILE", "AUTH__JWT__JWKS_FILE"),
 ];
@@ -46,33 +57,38 @@ pub struct Settings {
 }
 
 /// The response cache ([`crate::cache`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CacheSettings {
     /// Most responses kept; 0 disables the cache.
     pub entries: usize,
     /// Longest an entry is reused.
+    #[serde(rename = "max_age_ms", deserialize_with = "millis")]
     pub max_age: Duration,
     /// Largest body kept; larger ones are served, never stored.
     pub max_body_bytes: usize,
 }
 
 /// The public API listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     /// Where to listen; port 0 picks a free port.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     /// Worker threads; 0 means one per core.
     pub workers: usize,
     /// Longest a request waits for the database.
+    #[serde(rename = "request_timeout_ms", deserialize_with = "positive_millis")]
     pub request_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
+    #[serde(rename = "shutdown_timeout_ms", deserialize_with = "millis")]
     pub shutdown_timeout: Duration,
 }
 
 /// The admin listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
     /// Where to listen; port 0 picks a free port.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
 }
 
@@ -105,127 +121,64 @@ pub struct JwtSettings {
 }
 
 /// One database the service reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     /// The id clients name in `db_id`.
     pub id: String,
     /// The connection URL; it may hold a password, so it is never logged.
     pub url: SecretString,
     /// The metrics tables it holds; the first is the default one. Never empty.
+    #[serde(deserialize_with = "table_names")]
     pub tables: Vec<TableName>,
 }
 
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSettings {
-    /// The default level filter (`RUST_LOG` overrides it).
-    pub level: String,
-    /// JSON lines instead of compact text.
-    pub json: bool,
-}
-
-/// Why the settings could not be loaded; the message names the key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A source could not be read or deserialised.
-    #[error("reading the configuration")]
-    Load(#[from] config::ConfigError),
-    /// A value is out of its domain.
-    #[error("invalid configuration key `{key}`: {reason}")]
-    Invalid {
-        /// The dotted key path.
-        key: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
+/// The file's layout, where it differs from [`Settings`]: the default database and the pool
+/// settings share `[database]`, the others are `[[databases]]`.
 #[derive(Debug, Deserialize)]
-struct RawSettings {
-    http: RawHttp,
-    admin: RawAdmin,
-    auth: RawAuth,
-    database: RawDatabase,
-    databases: Vec<RawExtraDatabase>,
-    cache: RawCache,
-    log: RawLog,
+struct SettingsFile {
+    http: HttpSettings,
+    admin: AdminSettings,
+    auth: AuthFile,
+    database: DefaultDatabase,
+    databases: Vec<DatabaseSettings>,
+    cache: CacheSettings,
+    log: LogSettings,
 }
 
+/// `[database]`.
 #[derive(Debug, Deserialize)]
-struct RawCache {
-    entries: usize,
-    max_age_ms: u64,
-    max_body_bytes: usize,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawHttp {
-    listen: String,
-    workers: usize,
-    request_timeout_ms: u64,
-    shutdown_timeout_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawAdmin {
-    listen: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawAuth {
-    security_key: SecretString,
-    jwt: RawJwt,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawJwt {
-    verification_key: SecretString,
-    jwks_file: String,
-    algorithm: String,
-    audience: String,
-    scopes_claim: String,
-    user_claim: String,
-    leeway_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawDatabase {
+struct DefaultDatabase {
     id: String,
     url: SecretString,
-    tables: RawTables,
+    #[serde(deserialize_with = "table_names")]
+    tables: Vec<TableName>,
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pool_size: u32,
+    #[serde(deserialize_with = "at_least::<_, _, 1000>")]
     tcp_timeout_ms: u64,
 }
 
-/// `tables`: a list in a file, a comma-separated string in the environment.
+/// `[auth]`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawTables {
-    List(Vec<String>),
-    Text(String),
+struct AuthFile {
+    #[serde(deserialize_with = "optional_secret")]
+    security_key: Option<SecretString>,
+    jwt: JwtFile,
 }
 
-impl RawTables {
-    fn into_names(self) -> Vec<String> {
-        match self {
-            RawTables::List(names) => names,
-            RawTables::Text(text) if text.is_empty() => Vec::new(),
-            RawTables::Text(text) => text.split(',').map(str::to_owned).collect(),
-        }
-    }
-}
-
+/// `[auth.jwt]`: empty strings leave a value unset.
 #[derive(Debug, Deserialize)]
-struct RawExtraDatabase {
-    id: String,
-    url: SecretString,
-    tables: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawLog {
-    level: String,
-    format: String,
+struct JwtFile {
+    #[serde(deserialize_with = "optional_secret")]
+    verification_key: Option<SecretString>,
+    #[serde(deserialize_with = "optional_text")]
+    jwks_file: Option<String>,
+    algorithm: String,
+    #[serde(deserialize_with = "optional_text")]
+    audience: Option<String>,
+    scopes_claim: String,
+    user_claim: String,
+    leeway_ms: u64,
 }
 
 impl Settings {
@@ -235,7 +188,7 @@ impl Settings {
     ///
     /// [`ConfigError`] naming the source or key at fault.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, std::env::vars().collect())
+        Self::load_from(file, process_env())
     }
 
     /// Loads the settings from the defaults, `file` and the given environment variables.
@@ -247,177 +200,119 @@ impl Settings {
         file: Option<&Path>,
         env: HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
-        if let Some(file) = file {
-            builder = builder.add_source(File::from(file).format(FileFormat::Toml));
+        let read: SettingsFile = Layers {
+            defaults: DEFAULT_TOML,
+            file,
+            aliases: &AGENTOS_VARIABLES,
         }
-        let os_key: HashMap<String, String> = env
-            .get(OS_SECURITY_KEY)
-            .map(|key| ("AUTH__SECURITY_KEY".to_owned(), key.clone()))
-            .into_iter()
-            .chain(JWT_VARIABLES.iter().filter_map(|(variable, key)| {
-                env.get(*variable)
-                    .map(|value| ((*key).to_owned(), value.clone()))
-            }))
-            .collect();
-        let metrics_env: HashMap<String, String> = env
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("METRICS_"))
-            .collect();
-        let raw: RawSettings = builder
-            .add_source(Environment::default().separator("__").source(Some(os_key)))
-            // Every value stays the string it was written as: keys, URLs and names are never
-            // coerced (`try_parsing` would turn a key `007` into `7` and `1e3` into `1000`).
-            // Numbers and booleans are parsed by deserialisation, only where the setting is
-            // one; `database.tables` splits its own comma-separated string.
-            .add_source(
-                Environment::with_prefix("METRICS")
-                    .prefix_separator("_")
-                    .separator("__")
-                    .source(Some(metrics_env)),
-            )
-            .build()?
-            .try_deserialize()?;
-        Self::validate(raw)
+        .load(&env)?;
+        Self::from_file(read)
     }
 
-    fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
+    fn from_file(read: SettingsFile) -> Result<Self, ConfigError> {
         let default = DatabaseSettings {
-            tables: tables("database.tables", raw.database.tables.into_names())?,
-            id: raw.database.id,
-            url: raw.database.url,
+            id: read.database.id,
+            url: read.database.url,
+            tables: read.database.tables,
         };
-        let mut databases = vec![default];
-        for (index, extra) in raw.databases.into_iter().enumerate() {
-            databases.push(DatabaseSettings {
-                tables: tables(&format!("databases[{index}].tables"), extra.tables)?,
-                id: extra.id,
-                url: extra.url,
-            });
-        }
+        let databases: Vec<DatabaseSettings> =
+            std::iter::once(default).chain(read.databases).collect();
         let mut ids = HashSet::new();
         for (index, database) in databases.iter().enumerate() {
-            let key = if index == 0 {
-                "database.id".to_owned()
+            let section = if index == 0 {
+                "database".to_owned()
             } else {
-                format!("databases[{}].id", index - 1)
+                format!("databases[{}]", index - 1)
             };
             if database.id.is_empty() {
-                return Err(invalid(&key, "must not be empty"));
-            }
-            if !ids.insert(database.id.as_str()) {
-                return Err(invalid(&key, format!("`{}` is used twice", database.id)));
-            }
-            if database.url.expose_secret().is_empty() {
-                let key = key.replace(".id", ".url");
-                return Err(invalid(&key, "must not be empty"));
-            }
-        }
-        if raw.database.pool_size == 0 {
-            return Err(invalid("database.pool_size", "must be at least 1"));
-        }
-        if raw.http.request_timeout_ms == 0 {
-            return Err(invalid("http.request_timeout_ms", "must be at least 1"));
-        }
-        if raw.database.tcp_timeout_ms < 1000 {
-            return Err(invalid("database.tcp_timeout_ms", "must be at least 1000"));
-        }
-        let json = match raw.log.format.as_str() {
-            "text" => false,
-            "json" => true,
-            other => {
-                return Err(invalid(
-                    "log.format",
-                    format!("`{other}` is neither `text` nor `json`"),
+                return Err(ConfigError::invalid(
+                    format!("{section}.id"),
+                    "must not be empty",
                 ));
             }
-        };
-        let key = raw.auth.security_key;
-        let jwt = jwt_settings(raw.auth.jwt)?;
+            if !ids.insert(database.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{section}.id"),
+                    format!("`{}` is used twice", database.id),
+                ));
+            }
+            if database.url.expose_secret().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{section}.url"),
+                    "must not be empty",
+                ));
+            }
+        }
         Ok(Self {
-            http: HttpSettings {
-                listen: address("http.listen", &raw.http.listen)?,
-                workers: raw.http.workers,
-                request_timeout: Duration::from_millis(raw.http.request_timeout_ms),
-                shutdown_timeout: Duration::from_millis(raw.http.shutdown_timeout_ms),
-            },
-            admin: AdminSettings {
-                listen: address("admin.listen", &raw.admin.listen)?,
-            },
+            http: read.http,
+            admin: read.admin,
             auth: AuthSettings {
-                security_key: (!key.expose_secret().is_empty()).then_some(key),
-                jwt,
+                security_key: read.auth.security_key,
+                jwt: jwt_settings(read.auth.jwt)?,
             },
             databases,
-            pool_size: raw.database.pool_size,
-            tcp_timeout: Duration::from_millis(raw.database.tcp_timeout_ms),
-            cache: CacheSettings {
-                entries: raw.cache.entries,
-                max_age: Duration::from_millis(raw.cache.max_age_ms),
-                max_body_bytes: raw.cache.max_body_bytes,
-            },
-            log: LogSettings {
-                level: raw.log.level,
-                json,
-            },
+            pool_size: read.database.pool_size,
+            tcp_timeout: Duration::from_millis(read.database.tcp_timeout_ms),
+            cache: read.cache,
+            log: read.log,
         })
     }
 }
 
 /// JWT verification is on when a verification key or a JWKS file is set; the keys are loaded
 /// once here so that a bad one fails at start, naming its key.
-fn jwt_settings(raw: RawJwt) -> Result<Option<JwtSettings>, ConfigError> {
-    let verification_key =
-        (!raw.verification_key.expose_secret().is_empty()).then_some(raw.verification_key);
-    let jwks_file = (!raw.jwks_file.is_empty()).then(|| PathBuf::from(raw.jwks_file));
-    if verification_key.is_none() && jwks_file.is_none() {
+fn jwt_settings(read: JwtFile) -> Result<Option<JwtSettings>, ConfigError> {
+    if read.verification_key.is_none() && read.jwks_file.is_none() {
         return Ok(None);
     }
     for (key, value) in [
-        ("auth.jwt.scopes_claim", &raw.scopes_claim),
-        ("auth.jwt.user_claim", &raw.user_claim),
+        ("auth.jwt.scopes_claim", &read.scopes_claim),
+        ("auth.jwt.user_claim", &read.user_claim),
     ] {
         if value.is_empty() {
-            return Err(invalid(key, "must not be empty"));
+            return Err(ConfigError::invalid(key, "must not be empty"));
         }
     }
     let settings = JwtSettings {
-        verification_key,
-        jwks_file,
-        algorithm: raw.algorithm,
-        audience: (!raw.audience.is_empty()).then_some(raw.audience),
-        scopes_claim: raw.scopes_claim,
-        user_claim: raw.user_claim,
-        leeway: Duration::from_secs(raw.leeway_ms.div_ceil(1000)),
+        verification_key: read.verification_key,
+        jwks_file: read.jwks_file.map(PathBuf::from),
+        algorithm: read.algorithm,
+        audience: read.audience,
+        scopes_claim: read.scopes_claim,
+        user_claim: read.user_claim,
+        leeway: Duration::from_secs(read.leeway_ms.div_ceil(1000)),
     };
-    crate::jwt::JwtVerifier::new(&settings).map_err(|err| invalid(err.key, err.reason))?;
+    crate::jwt::JwtVerifier::new(&settings)
+        .map_err(|err| ConfigError::invalid(err.key, err.reason))?;
     Ok(Some(settings))
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        reason: reason.into(),
+/// Text that is unset when empty.
+fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// `tables`: a list in a file, a comma-separated string in the environment; at least one, each a
+/// valid table name.
+fn table_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<TableName>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        List(Vec<String>),
+        Text(String),
     }
-}
-
-fn address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        invalid(
-            key,
-            format!("`{value}` is not an address like 0.0.0.0:7777"),
-        )
-    })
-}
-
-fn tables(key: &str, names: Vec<String>) -> Result<Vec<TableName>, ConfigError> {
+    let names = match Written::deserialize(deserializer)? {
+        Written::List(names) => names,
+        Written::Text(text) if text.is_empty() => Vec::new(),
+        Written::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
     if names.is_empty() {
-        return Err(invalid(key, "must name at least one table"));
+        return Err(D::Error::custom("must name at least one table"));
     }
     names
         .into_iter()
-        .map(|name| name.parse().map_err(|err| invalid(key, format!("{err}"))))
+        .map(|name| name.parse().map_err(D::Error::custom))
         .collect()
 }
 
@@ -456,7 +351,7 @@ mod tests {
             settings.log,
             LogSettings {
                 level: "info".to_owned(),
-                json: false
+                format: LogFormat::Text
             }
         );
     }
@@ -484,7 +379,7 @@ mod tests {
         assert_eq!(tables, ["one", "two"]);
         assert_eq!(settings.http.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(settings.http.workers, 3);
-        assert!(settings.log.json);
+        assert_eq!(settings.log.format, LogFormat::Json);
     }
 
     #[test]

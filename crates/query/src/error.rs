@@ -1,10 +1,20 @@
 //! [`ApiError`]: every error the API returns, rendered as the contract's
 //! `{"detail", "error_code"}` body. Client errors carry their detail; anything else is a 500
 //! with a generic detail, its cause logged once here and never sent to the client.
+//!
+//! [`contract_errors`] gives the errors actix-web answers by itself (an extractor's 400, a
+//! payload's 413 or 415) the same body. The 400, 408 and 431 that actix-http writes before a
+//! request reaches the application (a malformed request head, a head not received within the
+//! client timeout, a head larger than its buffer) keep actix-http's empty body: its h1 dispatcher
+//! builds them inline with no hook to replace them, so only a proxy in front could.
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
+use metrics_service::truncated;
 use serde::Serialize;
 
 /// The error of an API request.
@@ -107,6 +117,58 @@ impl ResponseError for ApiError {
             error_code: self.code(),
         })
     }
+}
+
+/// The longest detail quoted from an error of actix-web, which may echo client input.
+const DETAIL_CHARS: usize = 256;
+
+/// Renders the errors actix-web answers by itself (extractors, payloads, anything not an
+/// [`ApiError`]) as the contract's body, with their status: `BAD_REQUEST` for a 400,
+/// `PAYLOAD_TOO_LARGE` for a 413, the status's name likewise for other client errors, and a
+/// generic 500 (cause logged) for anything else.
+///
+/// Wrap it innermost: handlers' and extractors' errors reach it as responses that carry their
+/// error.
+///
+/// # Errors
+///
+/// Those of the inner service, which the router never returns (it answers errors as responses).
+pub async fn contract_errors(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = next.call(request).await?;
+    let foreign = response
+        .response()
+        .error()
+        .filter(|error| error.as_error::<ApiError>().is_none())
+        .map(render_foreign);
+    Ok(match foreign {
+        Some(rendered) => response.into_response(rendered),
+        None => response.map_into_boxed_body(),
+    })
+}
+
+/// The contract's body for an error that is not an [`ApiError`].
+fn render_foreign(error: &actix_web::Error) -> HttpResponse {
+    let status = error.as_response_error().status_code();
+    if !status.is_client_error() {
+        return ApiError::Internal(anyhow::anyhow!("{error}")).error_response();
+    }
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "UNAUTHENTICATED".to_owned(),
+        StatusCode::UNPROCESSABLE_ENTITY => "VALIDATION_ERROR".to_owned(),
+        status => status
+            .canonical_reason()
+            .unwrap_or("Bad Request")
+            .to_uppercase()
+            .replace([' ', '-'], "_"),
+    };
+    let detail = error.to_string();
+    HttpResponse::build(status).json(ErrorBody {
+        detail: &truncated(&detail, DETAIL_CHARS),
+        error_code: &code,
+    })
 }
 
 #[cfg(test)]

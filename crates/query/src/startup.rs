@@ -13,6 +13,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, Error, HttpServer, web};
 use anyhow::Context;
 use metrics_aggregator::{ConnectionLimits, Pool, TableName};
+use metrics_service::truncated;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
@@ -20,7 +21,7 @@ use tracing_actix_web::TracingLogger;
 use crate::admin;
 use crate::cache::PageCache;
 use crate::config::Settings;
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::jwt::JwtVerifier;
 use crate::routes;
 use crate::telemetry::Metrics;
@@ -53,24 +54,16 @@ impl Database {
         found.ok_or_else(|| {
             ApiError::NotFound(format!(
                 "Table '{}' not found in database '{}'",
-                echoed(name.unwrap_or_default()),
+                truncated(name.unwrap_or_default(), ECHO_CHARS),
                 self.id
             ))
         })
     }
 }
 
-/// The longest client-supplied name an error detail quotes back whole.
+/// The longest client-supplied name an error detail quotes back whole; longer ones are cut
+/// there and marked with `…`, so a huge parameter never makes a huge response.
 const ECHO_CHARS: usize = 128;
-
-/// `name` as an error detail quotes it: whole up to [`ECHO_CHARS`] characters, else cut there
-/// and marked with `…`, so a huge parameter never makes a huge response.
-fn echoed(name: &str) -> std::borrow::Cow<'_, str> {
-    match name.char_indices().nth(ECHO_CHARS) {
-        None => name.into(),
-        Some((end, _)) => format!("{}…", &name[..end]).into(),
-    }
-}
 
 /// Every configured database, the default one first.
 #[derive(Debug)]
@@ -94,7 +87,7 @@ impl Databases {
         found.ok_or_else(|| {
             ApiError::NotFound(format!(
                 "Database with id '{}' not found",
-                echoed(id.unwrap_or_default())
+                truncated(id.unwrap_or_default(), ECHO_CHARS)
             ))
         })
     }
@@ -200,6 +193,7 @@ impl Application {
         let mut api = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(from_fn(error::contract_errors))
                 .wrap(from_fn(record_request))
                 .wrap(TracingLogger::default())
                 .service(

@@ -1,5 +1,5 @@
-//! Logging and metrics: the `tracing` subscriber, and every Prometheus metric of the service,
-//! each defined once here.
+//! Every Prometheus metric of the service, each defined once here, and the log targets the
+//! service silences (the subscriber itself is `metrics_service::telemetry`'s).
 
 use std::time::Duration;
 
@@ -9,39 +9,28 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tracing_subscriber::EnvFilter;
+
+use metrics_service::telemetry::{FilterError, LogSettings};
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::config::LogSettings;
+/// Log targets silenced whatever the filter: tracing-actix-web also emits an event for every
+/// error response (its default `emit_event_on_error` feature, which the workspace dependency
+/// keeps on): a warning per client error, and a second log line per 500. `ApiError` logs each
+/// 500 once itself.
+const SILENCED: [&str; 1] = ["tracing_actix_web::middleware=off"];
 
-/// Installs the global subscriber: `RUST_LOG` over `settings.level`, JSON lines or compact
-/// text. Tests pass `with_test_writer`'s writer; a second call leaves the first subscriber.
+/// Installs the global subscriber (`metrics_service::telemetry::init`) with the targets this
+/// service silences. Tests pass `with_test_writer`'s writer; a second call leaves the first
+/// subscriber.
 ///
 /// # Errors
 ///
-/// When `settings.level` is not a valid filter directive.
-pub fn init<W>(settings: &LogSettings, writer: W) -> anyhow::Result<()>
+/// When `RUST_LOG` or `settings.level` is not a valid filter.
+pub fn init<W>(settings: &LogSettings, writer: W) -> Result<(), FilterError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
-        _ => EnvFilter::try_new(&settings.level)?,
-    }
-    // tracing-actix-web also emits an event for every error response (its default
-    // `emit_event_on_error` feature, which the workspace dependency keeps on): a warning per
-    // client error, and a second log line per 500. `ApiError` logs each 500 once itself.
-    .add_directive("tracing_actix_web::middleware=off".parse()?);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    // `try_init` fails only when a subscriber is already set, which tests do on purpose.
-    let _ = if settings.json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.compact().try_init()
-    };
-    Ok(())
+    metrics_service::telemetry::init(settings, writer, &SILENCED)
 }
 
 /// The labels of a finished API request.

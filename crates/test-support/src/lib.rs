@@ -8,6 +8,7 @@
 
 mod broker;
 mod database;
+pub mod deploy;
 mod eventually;
 pub mod private;
 pub mod process;

@@ -3,33 +3,73 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use rand::Rng;
 
 use crate::{TestBroker, TestDatabase};
 
 /// The security key the tests' query service requires.
 pub const KEY: &str = "e2e-secret-key";
 
-/// A free loopback address: bound, read and released (the service binds it again at once).
+/// A free loopback address for a program that cannot report the port it bound (PostgreSQL,
+/// RabbitMQ, chromedriver, `scripts/up.sh`); the service binaries bind port 0 and report theirs
+/// instead ([`Service`]).
+///
+/// Between this check and the program's own bind the port is free for anyone, so it is taken
+/// below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where neither port-0
+/// binds nor outgoing connections land, at random, and never twice in one process.
 pub fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let (low, high) = (10_000, ephemeral_start().saturating_sub(1).max(10_001));
+    for _ in 0..1000 {
+        let port = rand::rng().random_range(low..=high);
+        if HANDED_OUT.lock().unwrap().contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            HANDED_OUT.lock().unwrap().insert(port);
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port in {low}..={high}");
 }
 
-/// The path of a binary of the workspace, built beside the running test.
+/// The first port of the kernel's ephemeral range (Linux's default where it cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// The path of a binary of the workspace: in `METRICS_BIN_DIR` when set, else built beside the
+/// running program (a test in `<target>/<profile>/deps`, or a binary in `<target>/<profile>`).
 ///
 /// # Panics
 ///
 /// When the binary has not been built.
 pub fn binary(name: &str) -> PathBuf {
-    // The test runs from <target>/<profile>/deps; the binaries sit in <target>/<profile>.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    let dir = match std::env::var_os("METRICS_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().unwrap();
+            if dir.file_name().is_some_and(|name| name == "deps") {
+                dir.parent().unwrap().to_owned()
+            } else {
+                dir.to_owned()
+            }
+        }
+    };
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: build the binaries first (`cargo build --workspace --bins`, which \
@@ -77,30 +117,54 @@ pub struct Service {
 }
 
 impl Service {
-    fn spawn(
-        name: &'static str,
-        args: &[&str],
-        env: Vec<(&str, String)>,
-        admin: SocketAddr,
-        http: Option<SocketAddr>,
-    ) -> Self {
+    /// Starts `name` with its listeners on port 0 and waits until its log reports the ports it
+    /// bound (`admin.port`, and `http.port` for the query service): no other process can take
+    /// them in between.
+    fn spawn(name: &'static str, args: &[&str], env: Vec<(&str, String)>, has_http: bool) -> Self {
+        static SPAWNED: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "metrics-e2e-{name}-{}-{}.log",
             std::process::id(),
-            admin.port()
+            SPAWNED.fetch_add(1, Ordering::Relaxed)
         ));
         let out = File::create(&log).unwrap();
-        let child = Command::new(binary(name))
+        let mut command = Command::new(binary(name));
+        command
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env)
-            .env("METRICS_ADMIN__LISTEN", admin.to_string())
-            .env("METRICS_LOG__FORMAT", "json")
+            .env("METRICS_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("METRICS_LOG__FORMAT", "json");
+        if has_http {
+            command.env("METRICS_HTTP__LISTEN", "127.0.0.1:0");
+        }
+        let mut child = command
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        let (admin, http) = loop {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let admin = reported_port(&output, "admin.port");
+            let http = reported_port(&output, "http.port");
+            if let Some(admin) = admin
+                && (http.is_some() || !has_http)
+            {
+                let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+                break (at(admin), http.filter(|_| has_http).map(at));
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{name} exited with {status} before listening:\n{output}");
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} reported no listening port within 30 s:\n{output}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Self {
             name,
             child,
@@ -128,7 +192,7 @@ impl Service {
                 .iter()
                 .map(|(key, value)| (*key, (*value).to_owned())),
         );
-        Self::spawn("metrics-ingest", &["run"], env, free_address(), None)
+        Self::spawn("metrics-ingest", &["run"], env, false)
     }
 
     /// `metrics-query` on the test's database, requiring [`KEY`].
@@ -139,10 +203,8 @@ impl Service {
     /// `metrics-query` on the test's database with extra environment variables (and no key
     /// unless they set one).
     pub fn query_with(db: &TestDatabase, settings: &[(&str, &str)]) -> Self {
-        let http = free_address();
         let mut env = vec![
             ("METRICS_DATABASE__URL", db.url().to_owned()),
-            ("METRICS_HTTP__LISTEN", http.to_string()),
             ("METRICS_HTTP__WORKERS", "2".to_owned()),
         ];
         env.extend(
@@ -150,23 +212,25 @@ impl Service {
                 .iter()
                 .map(|(key, value)| (*key, (*value).to_owned())),
         );
-        Self::spawn("metrics-query", &[], env, free_address(), Some(http))
+        Self::spawn("metrics-query", &[], env, true)
     }
 
     /// `metrics-query` on the test's database with no security key: the API is open.
     pub fn query_open(db: &TestDatabase) -> Self {
-        let http = free_address();
         Self::spawn(
             "metrics-query",
             &[],
             vec![
                 ("METRICS_DATABASE__URL", db.url().to_owned()),
-                ("METRICS_HTTP__LISTEN", http.to_string()),
                 ("METRICS_HTTP__WORKERS", "2".to_owned()),
             ],
-            free_address(),
-            Some(http),
+            true,
         )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The service's output so far.
@@ -263,5 +327,66 @@ impl Drop for Service {
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         }
+    }
+}
+
+/// The port a service's JSON log reports in the field `field` (`"admin.port":7778`), if any.
+fn reported_port(log: &str, field: &str) -> Option<u16> {
+    let pattern = format!("\"{field}\":");
+    log.lines().find_map(|line| {
+        let rest = &line[line.find(&pattern)? + pattern.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_addresses_are_distinct_and_below_the_ephemeral_range() {
+        let start = ephemeral_start();
+        let ports: BTreeSet<u16> = (0..200).map(|_| free_address().port()).collect();
+        assert_eq!(ports.len(), 200, "a port was handed out twice");
+        assert!(ports.iter().all(|port| *port < start), "{ports:?}");
+        // Each is bindable right after it was handed out, even while port-0 binds (which land in
+        // the ephemeral range) go on around it.
+        let _busy: Vec<TcpListener> = (0..50)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let address = free_address();
+        TcpListener::bind(address).unwrap();
+    }
+
+    /// Services started side by side each listen where they report (needs the binaries built,
+    /// as every end-to-end test does).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn services_listen_on_the_ports_they_report() {
+        let db = TestDatabase::migrated();
+        let mut services: Vec<Service> = (0..4).map(|_| Service::query_open(&db)).collect();
+        let client = reqwest::Client::new();
+        let mut seen = BTreeSet::new();
+        for service in &mut services {
+            service.ready().await;
+            let http = service.http.unwrap();
+            assert!(seen.insert(http.port()) && seen.insert(service.admin.port()));
+            let status = client
+                .get(format!("http://{http}/openapi.json"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200, "{}", service.output());
+        }
+    }
+
+    #[test]
+    fn ports_are_read_from_the_startup_line() {
+        let log = "{\"level\":\"INFO\"}\n{\"fields\":{\"http.port\":41234,\"admin.port\":41235,\
+                   \"message\":\"metrics-query listening\"}}\n";
+        assert_eq!(reported_port(log, "http.port"), Some(41234));
+        assert_eq!(reported_port(log, "admin.port"), Some(41235));
+        assert_eq!(reported_port("{\"x\":1}", "admin.port"), None);
     }
 }

@@ -86,7 +86,7 @@ impl Day {
             runs: row.runs_counts(),
             sessions: row.sessions_counts(),
             users: row.users_count,
-            tokens: row.tokens(),
+            tokens: row.tokens.counts(),
             cost: row.cost.normalized(),
             models: row.models().unwrap(),
             // Ids and timestamps are checked by dedicated tests.
@@ -192,7 +192,7 @@ fn grouped<K: Ord + Clone>(events: &[Event], group: impl Fn(&str) -> K) -> BTree
         let key = (group(&user(event)), event.date());
         let day = days.get_mut(&key).unwrap();
         day.runs[type_index(run.session_type)] += 1;
-        for (sum, count) in day.tokens.iter_mut().zip(run.usage.tokens()) {
+        for (sum, count) in day.tokens.iter_mut().zip(run.usage.tokens.counts()) {
             *sum += count;
         }
         day.cost += &run.usage.cost;

@@ -5,6 +5,7 @@
 )]
 
 mod concurrency;
+mod errors;
 mod migrations;
 mod property;
 mod read;

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use metrics_aggregator::{DateRange, EventOutcome, apply, rebuild};
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use metrics_test_support::TestDatabase;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -92,15 +92,7 @@ fn arb_event(index: usize) -> impl Strategy<Value = Event> {
     ];
     let usage =
         (prop::array::uniform9(0..1_000i64), 0..10_000u32).prop_map(|(tokens, cents)| Usage {
-            input_tokens: tokens[0],
-            output_tokens: tokens[1],
-            total_tokens: tokens[2],
-            audio_tokens: tokens[3],
-            input_audio_tokens: tokens[4],
-            output_audio_tokens: tokens[5],
-            cached_tokens: tokens[6],
-            cache_write_tokens: tokens[7],
-            reasoning_tokens: tokens[8],
+            tokens: Tokens::from_counts(tokens),
             cost: format!("{cents}e-3").parse().unwrap(),
         });
     let kind = prop_oneof![

@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::PgConnection;
 use metrics_aggregator::{TableId, TableName, register_table};
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 pub use metrics_test_support::rows::{
     Day, model, reference, reference_by_user, snapshot, user_snapshot,
 };
@@ -73,15 +73,17 @@ pub fn with_model(mut event: Event, model: &str, provider: Option<&str>) -> Even
 pub fn with_usage(mut event: Event, input: i64, output: i64, cost: &str) -> Event {
     if let EventKind::RunCompleted(run) = &mut event.kind {
         run.usage = Usage {
-            input_tokens: input,
-            output_tokens: output,
-            total_tokens: input + output,
-            audio_tokens: 1,
-            input_audio_tokens: 2,
-            output_audio_tokens: 3,
-            cached_tokens: 4,
-            cache_write_tokens: 5,
-            reasoning_tokens: 6,
+            tokens: Tokens {
+                input_tokens: input,
+                output_tokens: output,
+                total_tokens: input + output,
+                audio_tokens: 1,
+                input_audio_tokens: 2,
+                output_audio_tokens: 3,
+                cached_tokens: 4,
+                cache_write_tokens: 5,
+                reasoning_tokens: 6,
+            },
             cost: cost.parse().unwrap(),
         };
     }

@@ -4,7 +4,7 @@ use bigdecimal::BigDecimal;
 use chrono::{DateTime, NaiveDate, Utc};
 use metrics_events::{
     Decoded, Event, EventError, EventKind, Ignored, Limits, MessageError, RunCompleted,
-    SessionCreated, SessionType, Usage, decode_message, encode, encode_batch,
+    SessionCreated, SessionType, Tokens, Usage, decode_message, encode, encode_batch,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -104,15 +104,17 @@ fn run_completed_reads_agnos_metric_names_and_derives_total_tokens() {
                 model: Some("gpt-4o".to_owned()),
                 model_provider: Some("OpenAI".to_owned()),
                 usage: Usage {
-                    input_tokens: 100,
-                    output_tokens: 40,
-                    total_tokens: 140,
-                    audio_tokens: 7,
-                    input_audio_tokens: 3,
-                    output_audio_tokens: 4,
-                    cached_tokens: 11,
-                    cache_write_tokens: 5,
-                    reasoning_tokens: 9,
+                    tokens: Tokens {
+                        input_tokens: 100,
+                        output_tokens: 40,
+                        total_tokens: 140,
+                        audio_tokens: 7,
+                        input_audio_tokens: 3,
+                        output_audio_tokens: 4,
+                        cached_tokens: 11,
+                        cache_write_tokens: 5,
+                        reasoning_tokens: 9,
+                    },
                     cost: "0.0125".parse::<BigDecimal>().unwrap(),
                 },
             }),
@@ -138,15 +140,17 @@ fn contract_metric_names_are_read_alike() {
     assert_eq!(
         run.usage,
         Usage {
-            input_tokens: 1,
-            output_tokens: 2,
-            total_tokens: 30,
-            audio_tokens: 4,
-            input_audio_tokens: 5,
-            output_audio_tokens: 6,
-            cached_tokens: 7,
-            cache_write_tokens: 8,
-            reasoning_tokens: 9,
+            tokens: Tokens {
+                input_tokens: 1,
+                output_tokens: 2,
+                total_tokens: 30,
+                audio_tokens: 4,
+                input_audio_tokens: 5,
+                output_audio_tokens: 6,
+                cached_tokens: 7,
+                cache_write_tokens: 8,
+                reasoning_tokens: 9,
+            },
             cost: BigDecimal::from(0),
         }
     );
@@ -428,7 +432,7 @@ fn whole_message_problems_refuse_the_message() {
             .to_string(),
         "message body is a JSON string, not an event object or a batch array"
     );
-    let batch = encode_batch(&vec![sample_event(); 1001]);
+    let batch = encode_batch(&vec![sample_event(); 1001]).unwrap();
     assert_eq!(
         decode_message(&serde_json::to_vec(&batch).unwrap(), &limits)
             .unwrap_err()
@@ -496,15 +500,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         0u32..6,
     )
         .prop_map(|(tokens, mantissa, scale)| Usage {
-            input_tokens: tokens[0],
-            output_tokens: tokens[1],
-            total_tokens: tokens[2],
-            audio_tokens: tokens[3],
-            input_audio_tokens: tokens[4],
-            output_audio_tokens: tokens[5],
-            cached_tokens: tokens[6],
-            cache_write_tokens: tokens[7],
-            reasoning_tokens: tokens[8],
+            tokens: Tokens::from_counts(tokens),
             cost: format!("{mantissa}e-{scale}")
                 .parse::<f64>()
                 .unwrap()
@@ -566,7 +562,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
 proptest! {
     #[test]
     fn encoding_then_decoding_gives_the_event_back(events in prop::collection::vec(arb_event(), 1..8)) {
-        let body = serde_json::to_vec(&encode_batch(&events)).unwrap();
+        let body = serde_json::to_vec(&encode_batch(&events).unwrap()).unwrap();
         let decoded: Vec<Decoded> = decode_message(&body, &Limits::default())
             .unwrap()
             .events
@@ -576,7 +572,7 @@ proptest! {
         let expected: Vec<Decoded> = events.iter().cloned().map(Decoded::Event).collect();
         prop_assert_eq!(decoded, expected);
         for event in &events {
-            let single = serde_json::to_vec(&encode(event)).unwrap();
+            let single = serde_json::to_vec(&encode(event).unwrap()).unwrap();
             let message = decode_message(&single, &Limits::default()).unwrap();
             prop_assert_eq!(message.events, vec![Ok(Decoded::Event(event.clone()))]);
         }

@@ -48,6 +48,31 @@ fn invalid_settings_fail_at_start_naming_the_key() {
 }
 
 #[test]
+fn a_log_filter_that_does_not_parse_stops_the_start() {
+    // Neither falls back to another filter: the service exits naming the source at fault.
+    let output = ingest()
+        .arg("migrate")
+        .env("RUST_LOG", "metrics_ingest=[")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`RUST_LOG` is not a log filter"),
+        "{stderr}"
+    );
+    let output = ingest()
+        .arg("migrate")
+        .env_remove("RUST_LOG")
+        .env("METRICS_LOG__LEVEL", "metrics_ingest=[")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`log.level`"), "{stderr}");
+}
+
+#[test]
 fn healthcheck_fails_when_nothing_listens() {
     // A port just bound and released: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -10,6 +10,8 @@ async fn graceful_shutdown_settles_the_batch_in_hand() {
     let broker = TestBroker::new().await;
     let mut settings = settings(&database, &broker);
     // A batch that only a shutdown can close: it waits a minute to fill.
+    settings.amqp.prefetch = 500;
+    settings.batch.memory_bytes = 500 * settings.limits.max_body_bytes;
     settings.batch.size = 500;
     settings.batch.wait_ms = 60_000;
     declare(&broker, &settings).await;

@@ -8,9 +8,11 @@
 
 mod admin;
 mod commands;
+mod deploy;
 mod faults;
 mod lifecycle;
 mod limits;
+mod memory;
 mod pipeline;
 mod poison;
 mod support;

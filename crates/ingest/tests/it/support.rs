@@ -191,8 +191,8 @@ pub async fn rows(database: &TestDatabase) -> Vec<DaySummary> {
                 agent_runs: row.agent_runs_count,
                 agent_sessions: row.agent_sessions_count,
                 users: row.users_count,
-                input_tokens: row.input_tokens,
-                output_tokens: row.output_tokens,
+                input_tokens: row.tokens.input_tokens,
+                output_tokens: row.tokens.output_tokens,
                 model_runs: row.models().unwrap().iter().map(|m| m.count).sum(),
             })
             .collect()

@@ -14,7 +14,7 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
-use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool};
+use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool, Tokens};
 use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -343,19 +343,13 @@ impl Serialize for TokenMetrics<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let row = self.0;
         let mut out = serializer.serialize_struct("TokenMetrics", 14)?;
-        out.serialize_field("input_tokens", &row.input_tokens)?;
-        out.serialize_field("output_tokens", &row.output_tokens)?;
-        out.serialize_field("total_tokens", &row.total_tokens)?;
-        out.serialize_field("audio_tokens", &row.audio_tokens)?;
-        out.serialize_field("input_audio_tokens", &row.input_audio_tokens)?;
-        out.serialize_field("output_audio_tokens", &row.output_audio_tokens)?;
-        out.serialize_field("cached_tokens", &row.cached_tokens)?;
-        out.serialize_field("cache_write_tokens", &row.cache_write_tokens)?;
-        out.serialize_field("reasoning_tokens", &row.reasoning_tokens)?;
-        out.serialize_field("audio_total_tokens", &row.audio_tokens)?;
-        out.serialize_field("audio_input_tokens", &row.input_audio_tokens)?;
-        out.serialize_field("audio_output_tokens", &row.output_audio_tokens)?;
-        out.serialize_field("cache_read_tokens", &row.cached_tokens)?;
+        for (name, count) in Tokens::NAMES.into_iter().zip(row.tokens.counts()) {
+            out.serialize_field(name, &count)?;
+        }
+        out.serialize_field("audio_total_tokens", &row.tokens.audio_tokens)?;
+        out.serialize_field("audio_input_tokens", &row.tokens.input_audio_tokens)?;
+        out.serialize_field("audio_output_tokens", &row.tokens.output_audio_tokens)?;
+        out.serialize_field("cache_read_tokens", &row.tokens.cached_tokens)?;
         // The exact stored sum, digit for digit, as a JSON number in the shape of a float (as
         // Agno's): a double would round it, and past its range would even become `null`.
         let cost = serde_json::value::RawValue::from_string(decimal_number(&row.cost))

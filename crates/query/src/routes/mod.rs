@@ -16,7 +16,12 @@ pub mod refresh;
 ///
 /// Always [`ApiError::NotFound`].
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("Not found".to_owned()))
+    Err(not_found_error())
+}
+
+/// The error of a path nobody serves.
+pub fn not_found_error() -> ApiError {
+    ApiError::NotFound("Not found".to_owned())
 }
 
 /// A `GET` path asked with another method: 405 with `Allow: GET`.

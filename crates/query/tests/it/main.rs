@@ -5,10 +5,12 @@
     reason = "test helpers fail the test loudly, like the tests themselves"
 )]
 
+mod actix_errors;
 mod admin;
 mod auth;
 mod binary;
 mod dashboard;
+mod deploy;
 mod errors;
 mod jwt;
 mod metrics;

@@ -10,7 +10,7 @@ use awc::Client;
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use metrics_aggregator::TableName;
-use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Usage};
+use metrics_events::{Event, EventKind, RunCompleted, SessionCreated, SessionType, Tokens, Usage};
 use metrics_query::config::DatabaseSettings;
 use metrics_query::{Application, Settings, telemetry};
 use metrics_test_support::TestDatabase;
@@ -213,15 +213,17 @@ pub fn run(
 /// A usage whose nine counts are `base`, `base + 1`, .., `base + 8`, and `cost`.
 pub fn usage(base: i64, cost: &str) -> Usage {
     Usage {
-        input_tokens: base,
-        output_tokens: base + 1,
-        total_tokens: base + 2,
-        audio_tokens: base + 3,
-        input_audio_tokens: base + 4,
-        output_audio_tokens: base + 5,
-        cached_tokens: base + 6,
-        cache_write_tokens: base + 7,
-        reasoning_tokens: base + 8,
+        tokens: Tokens {
+            input_tokens: base,
+            output_tokens: base + 1,
+            total_tokens: base + 2,
+            audio_tokens: base + 3,
+            input_audio_tokens: base + 4,
+            output_audio_tokens: base + 5,
+            cached_tokens: base + 6,
+            cache_write_tokens: base + 7,
+            reasoning_tokens: base + 8,
+        },
         cost: BigDecimal::from_str(cost).unwrap(),
     }
 }

@@ -1,4 +1,4 @@
-//! Keeping valid messages away from the broker's delivery limit.
+//! Reading the consumer, and keeping valid messages away from the broker's delivery limit.
 //!
 //! A quorum queue counts every return of a delivery (a `nack` with requeue, or the consumer's
 //! channel closing with the delivery unacknowledged, as when the process is killed) in the
@@ -17,16 +17,34 @@
 //! decided by ingest alone, which dead-letters it with the reason; the broker's limit is only a
 //! backstop for a consumer that does not do this. The copy carries `x-metrics-requeued`, the
 //! number of times it was moved, so an operator sees a message that keeps coming around.
+//!
+//! The move happens in [`read_deliveries`], a task that reads the consumer on its own so that a
+//! delivery is looked at as soon as it arrives, even while the batches wait for the database;
+//! it passes the other deliveries on to gathering through a channel.
+//!
+//! Memory: the deliveries in that channel, and those being moved, are unacknowledged like every
+//! other body held, so the prefetch cap of `budget` bounds them with the rest (the channel's
+//! capacity is that prefetch too). They are not counted in `metrics_ingest_held_bytes` until
+//! gathered, like the deliveries in the client's own buffer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::try_join_all;
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Consumer};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
+use tracing::{debug, warn};
 
+use super::budget::prefetch;
+use super::{BROKER_TIMEOUT, Context};
 use crate::error::SessionError;
+use crate::telemetry::Outcome;
 
 /// The header in which a quorum queue counts the earlier returns of a delivery.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
@@ -65,6 +83,76 @@ pub fn is_due(count: u64, delivery_limit: u32) -> bool {
     count >= (u64::from(delivery_limit) / 2).max(1)
 }
 
+/// The deliveries of a session, as [`read_deliveries`] passes them on.
+pub(super) type Deliveries = mpsc::Receiver<Result<Delivery, SessionError>>;
+
+/// Reads `consumer` in a task of its own and passes the deliveries on, except those redelivered
+/// at least half the delivery limit, which are moved to the tail of the queue ([`requeue`] on
+/// `channel`, in confirm mode) instead. The channel passed on holds at most the prefetch, which
+/// the broker never exceeds anyway. The task ends with the consumer, after the first error
+/// (passed on), or when aborted with the session.
+pub(super) fn read_deliveries(
+    context: &Arc<Context>,
+    channel: &Channel,
+    consumer: Consumer,
+) -> (Deliveries, JoinHandle<()>) {
+    let window = usize::from(prefetch(&context.settings)).max(1);
+    let (sender, receiver) = mpsc::channel(window);
+    let context = Arc::clone(context);
+    let channel = channel.clone();
+    let limit = context.topology.delivery_limit;
+    let reader = tokio::spawn(async move {
+        // Whatever has arrived, at once: the deliveries due for a move go to the tail together
+        // (confirmed and acknowledged) before the others of the chunk are passed on, so that no
+        // batch's `multiple` acknowledgement covers one of them first.
+        let mut chunks = consumer.ready_chunks(window);
+        while let Some(chunk) = chunks.next().await {
+            let mut due = Vec::new();
+            let mut passed = Vec::with_capacity(chunk.len());
+            for next in chunk {
+                match next {
+                    Ok(delivery) => {
+                        let count = delivery_count(&delivery.properties);
+                        if is_due(count, limit) {
+                            debug!(delivery_count = count, "redelivered too often");
+                            due.push(delivery);
+                        } else {
+                            passed.push(Ok(delivery));
+                        }
+                    }
+                    Err(err) => passed.push(Err(SessionError::Amqp {
+                        action: "receiving deliveries",
+                        source: err,
+                    })),
+                }
+            }
+            if !due.is_empty() {
+                warn!(
+                    deliveries = due.len(),
+                    max_delivery_count = due
+                        .iter()
+                        .map(|delivery| delivery_count(&delivery.properties))
+                        .max(),
+                    "redelivered too often: moving the messages to the tail of the queue"
+                );
+                let queue = context.topology.queue.as_str();
+                if let Err(err) = requeue(&channel, queue, &due, BROKER_TIMEOUT).await {
+                    let _ = sender.send(Err(err)).await;
+                    return;
+                }
+                context.metrics.count(Outcome::Requeued, due.len());
+            }
+            for item in passed {
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    (receiver, reader)
+}
+
 /// The properties of the copy: the original's, without the broker's count, with
 /// `x-metrics-requeued` one higher, persistent.
 pub fn copy_properties(properties: &BasicProperties) -> BasicProperties {
@@ -100,7 +188,7 @@ pub fn copy_properties(properties: &BasicProperties) -> BasicProperties {
 pub async fn requeue(
     channel: &Channel,
     queue: &str,
-    deliveries: &[lapin::message::Delivery],
+    deliveries: &[Delivery],
     deadline: Duration,
 ) -> Result<(), SessionError> {
     let action = "moving a message to the tail of the queue";

@@ -1,0 +1,215 @@
+//! Settling a gathered batch: its events written and its bad input dead-lettered at once, the
+//! events the database refused dead-lettered next, then the whole batch acknowledged with one
+//! `multiple` ack.
+
+use std::sync::Arc;
+
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use metrics_aggregator::EventOutcome;
+use metrics_events::{Decoded, Event, Message};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use super::budget::Held;
+use super::dead_letter::{self, Carried, DeadLetter, DeadLetterChannel};
+use super::gather::{Batch, Pending};
+use super::isolate::{Written, write_isolating};
+use super::{BROKER_TIMEOUT, Context, error_chain};
+use crate::error::SessionError;
+use crate::telemetry::Outcome;
+
+/// Where an event to write came from: its delivery in the batch and the bytes it was decoded
+/// from, which its dead letter carries if the database refuses it.
+struct Origin {
+    delivery: usize,
+    carried: Carried,
+}
+
+/// A batch taken apart: what to write, what to dead-letter at once, and what to acknowledge.
+struct Sorted {
+    /// The valid events, in delivery order.
+    events: Vec<Event>,
+    /// Where each of `events` came from.
+    origins: Vec<Origin>,
+    /// Undecodable messages and invalid elements.
+    dead_letters: Vec<DeadLetter>,
+    /// Events of a type this service does not count.
+    ignored: usize,
+    /// The deliveries, in delivery-tag order.
+    deliveries: Vec<Delivery>,
+    /// Their bodies' shares of the byte budget, released once the batch is settled.
+    held: Vec<Held>,
+}
+
+impl Sorted {
+    fn new(batch: Batch) -> Self {
+        let mut sorted = Sorted {
+            events: Vec::with_capacity(batch.events),
+            origins: Vec::with_capacity(batch.events),
+            dead_letters: Vec::new(),
+            ignored: 0,
+            deliveries: Vec::with_capacity(batch.deliveries.len()),
+            held: Vec::with_capacity(batch.deliveries.len()),
+        };
+        for (index, pending) in batch.deliveries.into_iter().enumerate() {
+            let Pending {
+                delivery,
+                decoded,
+                held,
+            } = pending;
+            sorted.deliveries.push(delivery);
+            sorted.held.push(held);
+            match decoded {
+                Ok(message) => sorted.add(index, message),
+                Err(err) => sorted.dead_letters.push(DeadLetter {
+                    delivery: index,
+                    carried: Carried::Body,
+                    reason: error_chain(&err),
+                    event_id: None,
+                }),
+            }
+        }
+        sorted
+    }
+
+    fn add(&mut self, delivery: usize, message: Message) {
+        let Message {
+            is_batch,
+            events,
+            spans,
+        } = message;
+        for (element, span) in events.into_iter().zip(spans) {
+            let carried = if is_batch {
+                Carried::Element(span)
+            } else {
+                Carried::Body
+            };
+            match element {
+                Ok(Decoded::Event(event)) => {
+                    self.events.push(event);
+                    self.origins.push(Origin { delivery, carried });
+                }
+                Ok(Decoded::Ignored(ignored)) => {
+                    debug!(
+                        event.id = %ignored.id,
+                        event.r#type = %ignored.event_type,
+                        "ignoring an event of an unknown type"
+                    );
+                    self.ignored += 1;
+                }
+                Err(err) => self.dead_letters.push(DeadLetter {
+                    delivery,
+                    carried,
+                    event_id: err.event_id.clone(),
+                    reason: err.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+/// What became of a batch's events once written.
+#[derive(Default)]
+struct Tally {
+    counted: usize,
+    duplicates: usize,
+    refused: Vec<DeadLetter>,
+}
+
+impl Tally {
+    fn new(written: Vec<Written>, origins: Vec<Origin>) -> Self {
+        let mut tally = Tally::default();
+        for (written, Origin { delivery, carried }) in written.into_iter().zip(origins) {
+            match written {
+                Written::Stored(EventOutcome::Counted) => tally.counted += 1,
+                Written::Stored(EventOutcome::Duplicate) => tally.duplicates += 1,
+                Written::Refused(refusal) => tally.refused.push(DeadLetter {
+                    delivery,
+                    carried,
+                    reason: refusal.reason,
+                    event_id: Some(refusal.event_id),
+                }),
+            }
+        }
+        tally
+    }
+}
+
+/// Writes a batch, dead-letters its bad input, and acknowledges it all with one `multiple` ack.
+pub(super) async fn settle(
+    context: Arc<Context>,
+    publisher: DeadLetterChannel,
+    batch: Batch,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
+    let span = info_span!(
+        "batch",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %context.topology.queue,
+        deliveries = batch.deliveries.len(),
+    );
+    settle_batch(&context, &publisher, batch, &shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn settle_batch(
+    context: &Context,
+    publisher: &DeadLetterChannel,
+    batch: Batch,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let Sorted {
+        events,
+        origins,
+        dead_letters,
+        ignored,
+        deliveries,
+        held,
+    } = Sorted::new(batch);
+    let Some(last) = deliveries.last() else {
+        return Ok(());
+    };
+    context.health.batch_started();
+
+    let (written, published) = tokio::join!(
+        write_isolating(context, events, shutdown),
+        dead_letter::publish(context, publisher, &deliveries, &dead_letters),
+    );
+    published?;
+    // Events the database refused for good (not for a transient reason) are dead-lettered too.
+    let tally = Tally::new(written?, origins);
+    dead_letter::publish(context, publisher, &deliveries, &tally.refused).await?;
+
+    let acked = timeout(
+        BROKER_TIMEOUT,
+        last.acker.ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout {
+        action: "acknowledging a batch",
+    })?
+    .map_err(SessionError::amqp("acknowledging a batch"))?;
+    if !acked {
+        return Err(SessionError::ChannelClosed);
+    }
+    drop(deliveries);
+    drop(held);
+    context.health.batch_settled();
+    let dead_lettered = dead_letters.len() + tally.refused.len();
+    let metrics = &context.metrics;
+    metrics.count(Outcome::Applied, tally.counted);
+    metrics.count(Outcome::Duplicate, tally.duplicates);
+    metrics.count(Outcome::Ignored, ignored);
+    metrics.count(Outcome::DeadLettered, dead_lettered);
+    debug!(
+        counted = tally.counted,
+        duplicates = tally.duplicates,
+        ignored,
+        dead_lettered,
+        "batch settled"
+    );
+    Ok(())
+}

@@ -1,0 +1,65 @@
+# shellcheck shell=bash
+# What scripts/bench-query.sh and scripts/bench-query-users.sh share; sourced, with DURATION,
+# CONNECTIONS, THREADS, PROFILE, BIN and CARGO_TARGET_DIR set.
+
+if [[ -n ${BENCH_SERVER_URL:-} ]]; then
+    export TEST_DATABASE_URL=$BENCH_SERVER_URL/postgres
+fi
+
+# The service with its defaults, logging warnings only, except its startup line, which carries
+# the ports it bound (`xtask stack` reads them).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+QUIET_SERVICE=(--setting METRICS_HTTP__WORKERS=0
+    --setting 'METRICS_LOG__LEVEL=warn,metrics_query::startup=info')
+
+# Builds the binaries, xtask and the examples the benchmarks use, and installs wrk if missing.
+build_for_bench() {
+    command -v wrk >/dev/null 2>&1 || {
+        . scripts/services.sh >/dev/null
+        apt_install wrk
+    }
+    local profile_args=()
+    [[ $PROFILE == release ]] && profile_args=(--release)
+    cargo build "${profile_args[@]}" -q --locked --workspace --bins --example ceiling \
+        --example seed
+}
+
+# start_ceiling BODY: the HTTP ceiling (the `ceiling` example) serving BODY on a loopback port
+# it binds and reports; sets CEILING (host:port) and CEILING_PID.
+start_ceiling() {
+    local out
+    out=$(mktemp)
+    "$BIN/examples/ceiling" --body "$1" --listen 127.0.0.1:0 >"$out" 2>&1 &
+    CEILING_PID=$!
+    CEILING=
+    for _ in $(seq 100); do
+        CEILING=$(sed -n 's/^listening on //p' "$out")
+        [[ -n $CEILING ]] && curl -sf "http://$CEILING/metrics" >/dev/null && break
+        sleep 0.1
+    done
+    rm -f "$out"
+    [[ -n $CEILING ]] || {
+        echo "the ceiling did not start" >&2
+        exit 1
+    }
+}
+
+stop_ceiling() {
+    if [[ -n ${CEILING_PID:-} ]]; then
+        kill "$CEILING_PID" 2>/dev/null || true
+        wait "$CEILING_PID" 2>/dev/null || true
+    fi
+}
+
+# run LABEL URL [wrk arguments]: one wrk run as a table row.
+run() {
+    local label=$1 url=$2 out
+    shift 2
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
+    local rps p50 p99 errors
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    printf '| %s | %s | %s | %s |%s\n' "$label" "$rps" "$p50" "$p99" "${errors:+ $errors}"
+}
