@@ -28,8 +28,10 @@ fn spawn_ingest(settings: &metrics_ingest::Settings) -> Service {
         queue: settings.amqp.queue.clone(),
     };
     let environment = environment(settings);
+    // The log level stays the default: the ports are found in the `info` line that reports them.
     let variables: Vec<(&str, &str)> = environment
         .iter()
+        .filter(|(key, _)| key != "METRICS_LOG__LEVEL")
         .map(|(key, value)| (key.as_str(), value.as_str()))
         .collect();
     Service::ingest_at(&target, &variables)
