@@ -26,14 +26,25 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use diesel::{Connection, PgConnection};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection as AmqpConnection, ConnectionProperties};
+use lapin::{BasicProperties, Connection as AmqpConnection, ConnectionProperties};
 use metrics_events::{Decoded, Event, Limits, decode_message};
+use metrics_publisher::OutgoingMessage;
 use metrics_publisher::traffic::{Summary, Traffic, TrafficOptions, generate};
 use metrics_test_support::private::{PrivatePostgres, PrivateRabbit};
 use metrics_test_support::process::{IngestTarget, Service, binary};
 use metrics_test_support::rows::{Day, reference, try_snapshot};
+
+mod crash_loop;
+mod outage;
+
+/// One test at a time: each runs servers, replicas and load of its own, and on a small machine
+/// they would mostly measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const TABLE: &str = "agno_metrics";
 const EXCHANGE: &str = "agentos.events";
@@ -81,9 +92,9 @@ impl Stream {
         generate(&self.options)
     }
 
-    fn spawn(&self, amqp_url: &str) -> Child {
+    fn spawn(&self, amqp_url: &str) -> Reaped {
         let o = &self.options;
-        Command::new(binary("metrics-loadgen"))
+        let child = Command::new(binary("metrics-loadgen"))
             .args(["--url", amqp_url, "--exchange", EXCHANGE, "--json"])
             .args(["--sessions", &o.sessions.to_string()])
             .args(["--max-runs", &o.max_runs_per_session.to_string()])
@@ -101,14 +112,28 @@ impl Stream {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        Reaped(child)
+    }
+}
+
+/// A child process that is killed and reaped when dropped, so that a failing test leaves none
+/// behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
 /// The valid events and the poison bodies of some traffic, by decoding every message the way
 /// ingest does.
-fn split(traffic: &Traffic, events: &mut Vec<Event>, poison: &mut BTreeSet<Vec<u8>>) {
-    for message in &traffic.messages {
+fn split(messages: &[OutgoingMessage], events: &mut Vec<Event>, poison: &mut BTreeSet<Vec<u8>>) {
+    for message in messages {
         match decode_message(&message.body, &Limits::default()) {
             Ok(decoded) if !decoded.is_batch && decoded.events.iter().any(Result::is_err) => {
                 poison.insert(message.body.clone());
@@ -128,8 +153,9 @@ fn split(traffic: &Traffic, events: &mut Vec<Event>, poison: &mut BTreeSet<Vec<u
     }
 }
 
-/// Every message of the dead-letter queue: body and whether it carries the reason header.
-async fn drain_dead_letters(amqp_url: &str) -> Vec<(Vec<u8>, bool)> {
+/// Every message of the dead-letter queue `<queue>.dead`: body and whether it carries the
+/// reason header.
+async fn drain_dead_letters(amqp_url: &str, queue: &str) -> Vec<(Vec<u8>, bool)> {
     let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -137,7 +163,7 @@ async fn drain_dead_letters(amqp_url: &str) -> Vec<(Vec<u8>, bool)> {
     let mut letters = Vec::new();
     while let Some(message) = channel
         .basic_get(
-            format!("{QUEUE}.dead").as_str().into(),
+            format!("{queue}.dead").as_str().into(),
             BasicGetOptions::default(),
         )
         .await
@@ -163,15 +189,15 @@ async fn drain_dead_letters(amqp_url: &str) -> Vec<(Vec<u8>, bool)> {
     letters
 }
 
-/// Messages ready in the main queue (a passive declare).
-async fn ready_in_queue(amqp_url: &str) -> u32 {
+/// Messages ready in `queue`, and its consumers (a passive declare).
+async fn queue_state(amqp_url: &str, queue: &str) -> (u32, u32) {
     let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let queue = channel
+    let declared = channel
         .queue_declare(
-            QUEUE.into(),
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -181,7 +207,87 @@ async fn ready_in_queue(amqp_url: &str) -> u32 {
         .await
         .unwrap();
     let _ = connection.close(0, "done".into()).await;
-    queue.message_count()
+    (declared.message_count(), declared.consumer_count())
+}
+
+/// Messages ready in `queue`.
+async fn ready_in_queue(amqp_url: &str, queue: &str) -> u32 {
+    queue_state(amqp_url, queue).await.0
+}
+
+/// Publishes `messages` persistently to `exchange`, with publisher confirms, as a careful
+/// producer does: what the broker refuses (a quorum queue just after a restart, before it has a
+/// leader) is published again. Once this returns, the broker holds every message on disk.
+async fn publish(amqp_url: &str, exchange: &str, messages: &[OutgoingMessage]) {
+    let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut pending: Vec<&OutgoingMessage> = messages.iter().collect();
+    for attempt in 1.. {
+        let mut confirms = Vec::with_capacity(pending.len());
+        for message in &pending {
+            let properties = BasicProperties::default()
+                .with_content_type(message.content_type.into())
+                .with_delivery_mode(2);
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        message.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &message.body,
+                        properties,
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut refused = Vec::new();
+        for (message, confirm) in pending.iter().zip(confirms) {
+            // Bounded: a broker whose queue never recovers fails the test, never hangs it.
+            let confirmation = tokio::time::timeout(Duration::from_secs(60), confirm)
+                .await
+                .unwrap_or_else(|_| panic!("the broker did not confirm a message within 60 s"))
+                .unwrap();
+            let acked = confirmation.is_ack();
+            assert!(
+                confirmation.take_message().is_none(),
+                "a message was unroutable: is the queue declared?"
+            );
+            if !acked {
+                refused.push(*message);
+            }
+        }
+        if refused.is_empty() {
+            break;
+        }
+        assert!(
+            attempt < 100,
+            "the broker still refuses {} messages",
+            refused.len()
+        );
+        pending = refused;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = connection.close(0, "done".into()).await;
+}
+
+/// `metrics-ingest migrate` on `database_url`.
+fn migrate(database_url: &str) {
+    let migrate = Command::new(binary("metrics-ingest"))
+        .arg("migrate")
+        .env("METRICS_DATABASE__URL", database_url)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
 }
 
 /// The table's rows, or `None` while the database is unreachable or the table not yet there.
@@ -201,6 +307,72 @@ fn first_difference(actual: &[Day], expected: &[Day]) -> String {
         .map_or_else(String::new, |(a, e)| format!("{a:?}\n  expected {e:?}"))
 }
 
+/// Waits until the rows equal `expected`, at most `deadline`. The rows may stop short of it:
+/// then, once they have not changed for 20 s with the queue empty, nothing more will come, so it
+/// fails at once, naming the first day that differs.
+async fn converge(
+    database_url: &str,
+    expected: &[Day],
+    amqp_url: &str,
+    queue: &str,
+    deadline: Duration,
+) {
+    let until = Instant::now() + deadline;
+    let mut seen: Option<(Vec<Day>, Instant)> = None;
+    loop {
+        let last = match rows(database_url) {
+            Some(actual) if actual == expected => return,
+            Some(actual) => {
+                let difference = first_difference(&actual, expected);
+                match &seen {
+                    Some((before, since)) if *before == actual => {
+                        if since.elapsed() > Duration::from_secs(20)
+                            && ready_in_queue(amqp_url, queue).await == 0
+                        {
+                            panic!(
+                                "the rows stopped short of the reference (unchanged for 20 s, \
+                                 queue empty): {difference}"
+                            );
+                        }
+                    }
+                    _ => seen = Some((actual, Instant::now())),
+                }
+                difference
+            }
+            None => "the database is unreachable".to_owned(),
+        };
+        assert!(
+            Instant::now() < until,
+            "the rows did not converge within {deadline:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that the dead letters are exactly the poison set, each with its reason in
+/// `x-metrics-error` (a message the broker dead-lettered itself, at its delivery limit, has
+/// none); returns how many extra copies there were.
+fn check_dead_letters(letters: &[(Vec<u8>, bool)], poison: &BTreeSet<Vec<u8>>) -> usize {
+    let bodies: BTreeSet<Vec<u8>> = letters.iter().map(|(body, _)| body.clone()).collect();
+    let strays: Vec<String> = bodies
+        .difference(poison)
+        .map(|body| String::from_utf8_lossy(body).into_owned())
+        .take(3)
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "{} dead letters that are not poison, such as {strays:?}",
+        bodies.difference(poison).count()
+    );
+    assert!(
+        letters.iter().all(|(_, has_reason)| *has_reason),
+        "a dead letter without x-metrics-error"
+    );
+    let missing = poison.difference(&bodies).count();
+    assert_eq!(missing, 0, "{missing} poison messages not dead-lettered");
+    letters.len() - bodies.len()
+}
+
 fn events_target() -> usize {
     std::env::var("METRICS_FAULTS_EVENTS")
         .ok()
@@ -210,6 +382,7 @@ fn events_target() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
+    let _serial = SERIAL.lock().await;
     let started = Instant::now();
     // About four distinct events per session (one `session.created`, one to five runs); a
     // quarter of the sessions go out as single events, the rest in batches of 25.
@@ -243,7 +416,7 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
     let mut summaries: Vec<Summary> = Vec::new();
     for stream in &streams {
         let traffic = stream.traffic();
-        split(&traffic, &mut valid, &mut poison);
+        split(&traffic.messages, &mut valid, &mut poison);
         summaries.push(traffic.summary);
     }
     let expected = reference(&valid);
@@ -254,12 +427,7 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
     let postgres = PrivatePostgres::start();
     let mut rabbit = PrivateRabbit::start().await;
     let database_url = postgres.create_database("metrics");
-    let migrate = Command::new(binary("metrics-ingest"))
-        .arg("migrate")
-        .env("METRICS_DATABASE__URL", &database_url)
-        .output()
-        .unwrap();
-    assert!(migrate.status.success(), "{migrate:?}");
+    migrate(&database_url);
     let target = IngestTarget {
         database_url: database_url.clone(),
         amqp_url: rabbit.url(),
@@ -281,7 +449,7 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
 
     // Publish, and inject the faults while the streams flow.
     let publishing = Instant::now();
-    let mut loadgens: Vec<Child> = streams.iter().map(|s| s.spawn(&rabbit.url())).collect();
+    let mut loadgens: Vec<Reaped> = streams.iter().map(|s| s.spawn(&rabbit.url())).collect();
     let at = |seconds: u64| publishing + Duration::from_secs(seconds);
     let plan = [
         (at(3), Fault::KillReplica(0)),
@@ -321,7 +489,7 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
             }
         }
     }
-    for loadgen in &mut loadgens {
+    for Reaped(loadgen) in &mut loadgens {
         let status = loadgen.wait().unwrap();
         let mut stderr = String::new();
         if let Some(mut err) = loadgen.stderr.take() {
@@ -331,64 +499,28 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
     }
     let published = publishing.elapsed();
 
-    // Converge: the rows equal the reference. They may stop short of it: then, once they have
-    // not changed for 20 s with the queue empty, nothing more will come, so fail at once.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen: Option<(Vec<Day>, Instant)> = None;
-    loop {
-        let last = match rows(&database_url) {
-            Some(actual) if actual == expected => break,
-            Some(actual) => {
-                let difference = first_difference(&actual, &expected);
-                match &seen {
-                    Some((before, since)) if *before == actual => {
-                        if since.elapsed() > Duration::from_secs(20)
-                            && ready_in_queue(&rabbit.url()).await == 0
-                        {
-                            panic!(
-                                "the rows stopped short of the reference (unchanged for 20 s, \
-                                 queue empty): {difference}"
-                            );
-                        }
-                    }
-                    _ => seen = Some((actual, Instant::now())),
-                }
-                difference
-            }
-            None => "the database is unreachable".to_owned(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "the rows did not converge within 180 s of the last publish: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    converge(
+        &database_url,
+        &expected,
+        &rabbit.url(),
+        QUEUE,
+        Duration::from_secs(180),
+    )
+    .await;
     let converged = publishing.elapsed() - published;
 
     for replica in &mut replicas {
         replica.stop(Duration::from_secs(30));
     }
-    assert_eq!(ready_in_queue(&rabbit.url()).await, 0, "messages left over");
+    assert_eq!(
+        ready_in_queue(&rabbit.url(), QUEUE).await,
+        0,
+        "messages left over"
+    );
     assert_eq!(rows(&database_url).unwrap(), expected);
 
-    let letters = drain_dead_letters(&rabbit.url()).await;
-    assert!(
-        letters.iter().all(|(_, has_reason)| *has_reason),
-        "a dead letter without x-metrics-error"
-    );
-    let bodies: BTreeSet<Vec<u8>> = letters.iter().map(|(body, _)| body.clone()).collect();
-    let strays: Vec<String> = bodies
-        .difference(&poison)
-        .map(|body| String::from_utf8_lossy(body).into_owned())
-        .take(3)
-        .collect();
-    assert!(
-        strays.is_empty(),
-        "dead letters that are not poison: {strays:?}"
-    );
-    let missing = poison.difference(&bodies).count();
-    assert_eq!(missing, 0, "{missing} poison messages not dead-lettered");
-    let copies = letters.len() - bodies.len();
+    let letters = drain_dead_letters(&rabbit.url(), QUEUE).await;
+    let copies = check_dead_letters(&letters, &poison);
 
     let runs: i64 = expected
         .iter()

@@ -28,6 +28,10 @@ pub enum SessionError {
     /// original stays unacknowledged, and the next session declares the topology again.
     #[error("RabbitMQ returned a dead letter as unroutable")]
     DeadLetterUnroutable,
+    /// The broker refused or returned the copy of a message moved to the tail of the queue; the
+    /// original stays unacknowledged.
+    #[error("RabbitMQ refused a message moved to the tail of the queue")]
+    RequeueRefused,
     /// `amqp.url` does not parse (validated at start, so not expected).
     #[error("the AMQP URL does not parse")]
     InvalidUrl,

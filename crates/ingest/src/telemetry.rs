@@ -26,6 +26,8 @@ pub enum Outcome {
     DeadLettered,
     /// A transient database failure: left unacknowledged and tried again after a backoff.
     Retried,
+    /// Redelivered up to half the delivery limit: moved to the tail of the queue (`requeue`).
+    Requeued,
 }
 
 impl Outcome {
@@ -37,6 +39,7 @@ impl Outcome {
             Outcome::Ignored => "ignored",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Retried => "retried",
+            Outcome::Requeued => "requeued",
         }
     }
 
@@ -115,6 +118,7 @@ impl Metrics {
             Outcome::Ignored,
             Outcome::DeadLettered,
             Outcome::Retried,
+            Outcome::Requeued,
         ] {
             let _ = events.get_or_create(&outcome.label());
         }

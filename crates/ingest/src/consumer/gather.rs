@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::Consumer;
 use lapin::message::Delivery;
 use metrics_events::{Message, MessageError, decode_message};
 use tokio::time::{Instant, sleep_until};
@@ -13,6 +11,7 @@ use tracing::{debug, debug_span};
 
 use super::budget::{Budget, Held};
 use super::dead_letter::{self, DeadLetterChannel};
+use super::requeue::Deliveries;
 use super::session::InFlight;
 use super::{Context, error_chain};
 use crate::error::SessionError;
@@ -51,7 +50,8 @@ pub(super) enum Gathered {
 /// What gathering reads from and writes to during one session.
 pub(super) struct Gatherer<'a> {
     pub context: &'a Context,
-    pub consumer: &'a mut Consumer,
+    /// What the reader task passes on (`requeue::read_deliveries`).
+    pub deliveries: &'a mut Deliveries,
     pub publisher: &'a DeadLetterChannel,
     pub budget: &'a Budget,
     /// Most deliveries in a batch: `batch.size`, or the prefetch when that is lower.
@@ -86,18 +86,13 @@ impl Gatherer<'_> {
                 biased;
                 () = shutdown.cancelled() => return Gathered::Stopping(batch),
                 () = in_flight.finished(), if busy => {}
-                next = self.consumer.next() => match next {
+                next = self.deliveries.recv() => match next {
                     Some(Ok(delivery)) => {
                         if let Err(err) = self.take(delivery, &mut batch, &mut deadline, wait).await {
                             return Gathered::Closed(err);
                         }
                     }
-                    Some(Err(err)) => {
-                        return Gathered::Closed(SessionError::Amqp {
-                            action: "receiving deliveries",
-                            source: err,
-                        });
-                    }
+                    Some(Err(err)) => return Gathered::Closed(err),
                     None => return Gathered::Closed(SessionError::ConsumerCancelled),
                 },
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !expired => {}

@@ -19,7 +19,16 @@
 //!   awaiting its dead letter) is an unacknowledged delivery, and the broker pushes at most the
 //!   prefetch count of them whatever their size; so the prefetch is capped at
 //!   `batch.memory_bytes / limits.max_body_bytes` (module `budget`). A body over
-//!   `limits.max_body_bytes` is dead-lettered as it arrives, never kept with a batch.
+//!   `limits.max_body_bytes` is dead-lettered as it arrives, never kept with a batch. The
+//!   deliveries waiting in the reader task's channel, or being moved to the tail, are
+//!   unacknowledged too: the same prefetch cap bounds them (the gauge counts a body from the
+//!   moment it is gathered).
+//! - **The broker's delivery limit never dead-letters a valid message.** A delivery redelivered
+//!   at least half `amqp.delivery_limit` times (`x-delivery-count`, as a crash loop leaves it)
+//!   is published again to the tail of the queue with a confirm and then acknowledged on its
+//!   own, before any later delivery is passed on to gathering, so no batch's `multiple`
+//!   acknowledgement covers it first (module `requeue`). Only ingest decides that a message is
+//!   bad, and dead-letters it with the reason.
 //! - **Reconnect with backoff.** Any broker failure ends the session: the connection is dropped
 //!   (the broker requeues what was unacknowledged) and a new session connects, redeclares the
 //!   topology and consumes again.
@@ -27,6 +36,8 @@
 //! The stages, one module each, and what flows between them:
 //!
 //! - `session`: connects, opens the channels, and drives the loop below until shutdown.
+//! - `requeue`: a task reads the consumer and passes the deliveries on, moving those
+//!   redelivered too often to the tail of the queue.
 //! - `gather`: deliveries into a `gather::Batch` of decoded `gather::Pending` messages.
 //! - `settle`: sorts a batch into events to write and `dead_letter::DeadLetter`s, writes and
 //!   dead-letters them at once, then acknowledges the batch with one `multiple` ack.
@@ -40,6 +51,7 @@ mod budget;
 mod dead_letter;
 mod gather;
 mod isolate;
+mod requeue;
 mod session;
 mod settle;
 mod write;
@@ -60,6 +72,7 @@ use crate::topology::Topology;
 
 pub use budget::prefetch;
 pub use dead_letter::{DROPPED_HEADERS_HEADER, ERROR_HEADER};
+pub use requeue::{DELIVERY_COUNT_HEADER, REQUEUED_HEADER};
 
 /// How long closing a channel or connection may take before it is abandoned.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

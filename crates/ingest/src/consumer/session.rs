@@ -20,6 +20,7 @@ use tracing::info;
 use super::budget::{Budget, prefetch};
 use super::dead_letter::DeadLetterChannel;
 use super::gather::{Gathered, Gatherer};
+use super::requeue::read_deliveries;
 use super::settle::settle;
 use super::{CLOSE_TIMEOUT, Context};
 use crate::config::redacted_url;
@@ -83,7 +84,7 @@ impl Session {
 
     /// Consumes until shutdown or failure, then closes the channel and the connection.
     pub(super) async fn consume(
-        mut self,
+        self,
         context: &Arc<Context>,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
@@ -96,83 +97,102 @@ impl Session {
             memory_bytes = context.settings.batch.memory_bytes,
             "consuming"
         );
-        let result = self.run(context, shutdown).await;
+        let Self {
+            connection,
+            channel,
+            publisher,
+            consumer,
+        } = self;
+        let consumer_tag = consumer.tag();
+        let (mut deliveries, reader) = read_deliveries(context, &publisher.channel, consumer);
+        let result = run(
+            context,
+            shutdown,
+            &channel,
+            &publisher,
+            &consumer_tag,
+            &mut deliveries,
+        )
+        .await;
+        // Deliveries it still holds return to the queue with the channel.
+        reader.abort();
         context.health.set_channel(None);
         let _ = timeout(
             CLOSE_TIMEOUT,
-            self.channel
-                .close(200, ShortString::from("metrics-ingest stopping")),
+            channel.close(200, ShortString::from("metrics-ingest stopping")),
         )
         .await;
-        close_connection(&self.connection).await;
+        close_connection(&connection).await;
         result
     }
+}
 
-    /// Gathers the next batch while the previous one is settled, until shutdown or failure.
-    async fn run(
-        &mut self,
-        context: &Arc<Context>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionError> {
-        let budget = Budget::new(context.metrics.clone());
-        let batch_size = context
-            .settings
-            .batch
-            .size
-            .min(usize::from(prefetch(&context.settings)));
-        let mut gatherer = Gatherer {
-            context,
-            consumer: &mut self.consumer,
-            publisher: &self.publisher,
-            budget: &budget,
-            batch_size,
-        };
-        let mut in_flight = InFlight::default();
-        loop {
-            match gatherer.gather(&mut in_flight, shutdown).await {
-                Gathered::Ready(batch) => {
-                    in_flight.wait().await?;
-                    let task = settle(
+/// Gathers the next batch while the previous one is settled, until shutdown or failure.
+async fn run(
+    context: &Arc<Context>,
+    shutdown: &CancellationToken,
+    channel: &Channel,
+    publisher: &DeadLetterChannel,
+    consumer_tag: &ShortString,
+    deliveries: &mut super::requeue::Deliveries,
+) -> Result<(), SessionError> {
+    let budget = Budget::new(context.metrics.clone());
+    let batch_size = context
+        .settings
+        .batch
+        .size
+        .min(usize::from(prefetch(&context.settings)));
+    let mut gatherer = Gatherer {
+        context,
+        deliveries,
+        publisher,
+        budget: &budget,
+        batch_size,
+    };
+    let mut in_flight = InFlight::default();
+    loop {
+        match gatherer.gather(&mut in_flight, shutdown).await {
+            Gathered::Ready(batch) => {
+                in_flight.wait().await?;
+                let task = settle(
+                    Arc::clone(context),
+                    publisher.clone(),
+                    batch,
+                    shutdown.clone(),
+                );
+                in_flight.handle = Some(tokio::spawn(task));
+            }
+            Gathered::Stopping(batch) => {
+                // Stop the flow first; deliveries already pushed but not gathered go back to
+                // the queue when the channel closes.
+                let _ = timeout(
+                    CLOSE_TIMEOUT,
+                    channel.basic_cancel(consumer_tag.clone(), BasicCancelOptions::default()),
+                )
+                .await;
+                in_flight.wait().await?;
+                info!(
+                    deliveries = batch.deliveries.len(),
+                    "stopping: settling the batch in hand"
+                );
+                if !batch.deliveries.is_empty() {
+                    settle(
                         Arc::clone(context),
-                        self.publisher.clone(),
+                        publisher.clone(),
                         batch,
-                        shutdown.clone(),
-                    );
-                    in_flight.handle = Some(tokio::spawn(task));
-                }
-                Gathered::Stopping(batch) => {
-                    // Stop the flow first; deliveries already pushed but not gathered go back to
-                    // the queue when the channel closes.
-                    let _ = timeout(
-                        CLOSE_TIMEOUT,
-                        self.channel
-                            .basic_cancel(gatherer.consumer.tag(), BasicCancelOptions::default()),
+                        CancellationToken::new(),
                     )
-                    .await;
-                    in_flight.wait().await?;
-                    info!(
-                        deliveries = batch.deliveries.len(),
-                        "stopping: settling the batch in hand"
-                    );
-                    if !batch.deliveries.is_empty() {
-                        settle(
-                            Arc::clone(context),
-                            self.publisher.clone(),
-                            batch,
-                            CancellationToken::new(),
-                        )
-                        .await?;
-                    }
-                    return Ok(());
+                    .await?;
                 }
-                Gathered::Closed(err) => {
-                    // The connection is gone, so the batch being written can no longer be
-                    // acknowledged (and an acknowledgement on a dead connection may never
-                    // resolve): stop waiting for it. Its deliveries return to the queue; if its
-                    // transaction commits anyway, the redelivery counts as a duplicate.
-                    in_flight.abort();
-                    return Err(err);
-                }
+                return Ok(());
+            }
+            Gathered::Closed(err) => {
+                // The connection is gone, so the batch being written can no longer be
+                // acknowledged (and an acknowledgement on a dead connection may never
+                // resolve): stop waiting for it. Its deliveries return to the queue; if its
+                // transaction commits anyway, the redelivery counts as a duplicate.
+                in_flight.abort();
+                return Err(err);
             }
         }
     }

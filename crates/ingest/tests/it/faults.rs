@@ -2,25 +2,102 @@
 //! connections. Totals stay exact because nothing is acknowledged before it is committed and
 //! `apply` is idempotent.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
+use diesel::connection::SimpleConnection;
+use metrics_test_support::process::{IngestTarget, Service};
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 
 use crate::support::{
     DEADLINE, Proxy, Running, declare, environment, runs_counted, settings, wait_for_rows, workload,
 };
 
-fn spawn_ingest(settings: &metrics_ingest::Settings) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_metrics-ingest"))
-        .arg("run")
-        .envs(environment(settings))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting metrics-ingest")
+/// How long a whole stream may take to be counted by the binary: generous, since it only ends
+/// the wait early when the machine is slow; a stream that stops counting fails sooner.
+const STREAM_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `metrics-ingest run` as a child process with `settings`; killed when dropped, so a failing
+/// test leaves no process behind.
+fn spawn_ingest(settings: &metrics_ingest::Settings) -> Service {
+    use secrecy::ExposeSecret;
+    let target = IngestTarget {
+        database_url: settings.database.url.expose_secret().to_owned(),
+        amqp_url: settings.amqp.url.expose_secret().to_owned(),
+        exchange: settings.amqp.exchange.clone(),
+        queue: settings.amqp.queue.clone(),
+    };
+    let environment = environment(settings);
+    // The log level stays the default: the ports are found in the `info` line that reports them.
+    let variables: Vec<(&str, &str)> = environment
+        .iter()
+        .filter(|(key, _)| key != "METRICS_LOG__LEVEL")
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    Service::ingest_at(&target, &variables)
 }
 
+/// Holds `EXCLUSIVE` locks on every table of the test database while it lives: reads pass,
+/// every write waits.
+struct WritesBlocked(diesel::PgConnection);
+
+impl WritesBlocked {
+    async fn on(database: &TestDatabase) -> Self {
+        let url = database.url().to_owned();
+        tokio::task::spawn_blocking(move || {
+            use diesel::Connection;
+            let mut conn = diesel::PgConnection::establish(&url).unwrap();
+            conn.batch_execute(
+                "BEGIN; \
+                 DO $$ DECLARE t record; BEGIN \
+                   FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP \
+                     EXECUTE format('LOCK TABLE %I IN EXCLUSIVE MODE', t.tablename); \
+                   END LOOP; \
+                 END $$;",
+            )
+            .unwrap();
+            Self(conn)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for WritesBlocked {
+    fn drop(&mut self) {
+        let _ = self.0.batch_execute("ROLLBACK");
+    }
+}
+
+/// Connections of the test database waiting for a lock.
+async fn waiting_for_a_lock(database: &TestDatabase) -> i64 {
+    let url = database.url().to_owned();
+    let name = database.name().to_owned();
+    tokio::task::spawn_blocking(move || {
+        use diesel::{Connection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            waiting: i64,
+        }
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        diesel::sql_query(
+            "SELECT count(*) AS waiting FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Waiting>(&mut conn)
+        .unwrap()
+        .waiting
+    })
+    .await
+    .unwrap()
+}
+
+/// SIGKILL while a batch is being written: some runs counted, the replica's batch hanging in
+/// the database (its tables locked by the test), more deliveries held unacknowledged and more
+/// published after the kill. Every step waits on observable state (runs counted, a connection
+/// waiting for a lock), never on a sleep, so the kill lands mid-batch however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_and_restarted_counts_exactly() {
     let database = TestDatabase::migrated();
@@ -31,39 +108,59 @@ async fn killed_mid_stream_and_restarted_counts_exactly() {
     settings.amqp.prefetch = 50;
     declare(&broker, &settings).await;
     let (bodies, expected) = workload(4000);
+    let (before, during, after) = (&bodies[..1500], &bodies[1500..3000], &bodies[3000..]);
     broker
-        .publish_all("agentos.run.completed", bodies.iter().map(Vec::as_slice))
+        .publish_all("agentos.run.completed", before.iter().map(Vec::as_slice))
         .await;
 
     let mut first = spawn_ingest(&settings);
-    eventually(DEADLINE, || async {
+    eventually(STREAM_DEADLINE, || async {
         let runs = runs_counted(&database).await;
         if runs > 0 { Ok(()) } else { Err(runs) }
     })
     .await;
-    first.kill().unwrap(); // SIGKILL: no draining, unacknowledged deliveries return to the queue
-    first.wait().unwrap();
+    // Writes wait from now on; with more traffic behind, the replica's next batch hangs in the
+    // database with deliveries unacknowledged.
+    let blocked = WritesBlocked::on(&database).await;
+    broker
+        .publish_all("agentos.run.completed", during.iter().map(Vec::as_slice))
+        .await;
+    eventually(STREAM_DEADLINE, || async {
+        let waiting = waiting_for_a_lock(&database).await;
+        if waiting > 0 { Ok(()) } else { Err(waiting) }
+    })
+    .await;
+    // SIGKILL: no draining; the transaction dies with the connection and the unacknowledged
+    // deliveries return to the queue.
+    first.kill();
+    drop(blocked);
+    // Whatever the killed replica's hanging write does now (its server backend aborts when it
+    // finds the client gone), its deliveries were never acknowledged and come back.
     let at_kill = runs_counted(&database).await;
-    eprintln!("killed with {at_kill} of 4000 runs counted");
+    assert!(
+        (1..4000).contains(&at_kill),
+        "{at_kill} runs counted at the kill"
+    );
+    eprintln!("killed mid-batch with {at_kill} of 4000 runs counted");
+    broker
+        .publish_all("agentos.run.completed", after.iter().map(Vec::as_slice))
+        .await;
 
     let mut second = spawn_ingest(&settings);
-    wait_for_rows(&database, &expected).await;
+    eventually(STREAM_DEADLINE, || async {
+        let rows = crate::support::rows(&database).await;
+        if rows == expected { Ok(()) } else { Err(rows) }
+    })
+    .await;
     eventually(DEADLINE, || async {
         let ready = broker.ready_count(broker.queue()).await;
         if ready == 0 { Ok(()) } else { Err(ready) }
     })
     .await;
-
     // SIGTERM: a clean exit with status 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || second.wait().unwrap())
+    tokio::task::spawn_blocking(move || second.stop(DEADLINE))
         .await
         .unwrap();
-    assert!(exit.success(), "metrics-ingest exited with {exit}");
     wait_for_rows(&database, &expected).await;
     broker.cleanup().await;
 }
