@@ -38,7 +38,7 @@ pub use migrate::{migrate, revert_all};
 pub use models::{DailyMetrics, ModelCount};
 pub use plan::EventOutcome;
 pub use pool::{ConnectionLimits, Pool, PooledConnection, connect, connect_one};
-pub use read::{DateRange, MetricsPage, latest_change, read, read_user, stream};
+pub use read::{DateRange, MetricsPage, latest_change, read, read_rows, read_user, stream};
 pub use rebuild::{RebuildReport, rebuild};
 pub use refresh::{
     REFRESH_LOCK_CLASS, RefreshState, RefreshStatus, WORKER_GONE, finish_refresh, refresh_status,

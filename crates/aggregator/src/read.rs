@@ -41,17 +41,7 @@ pub fn read(conn: &mut PgConnection, table: &str, range: DateRange) -> QueryResu
     if updated_at.is_none() {
         return Ok(MetricsPage::default());
     }
-    // One statement text for every range (open bounds are the contract's date limits), so that
-    // diesel keeps it prepared and PostgreSQL plans it once per connection.
-    let rows = daily_metrics::table
-        .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
-        .filter(daily_metrics::date.between(
-            range.start.unwrap_or(MIN_DATE),
-            range.end.unwrap_or(MAX_DATE),
-        ))
-        .select(DailyMetrics::as_select())
-        .order(daily_metrics::date.asc())
-        .load(conn)?;
+    let rows = read_rows(conn, table, None, range)?;
     Ok(MetricsPage { rows, updated_at })
 }
 
@@ -76,26 +66,45 @@ pub fn read_user(
     if updated_at.is_none() {
         return Ok(MetricsPage::default());
     }
-    if user_id.contains('\0') {
-        return Ok(MetricsPage {
-            rows: Vec::new(),
-            updated_at,
-        });
-    }
-    let rows = user_daily_metrics::table
-        .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
-        .filter(user_daily_metrics::user_id.eq(user_id))
-        .filter(user_daily_metrics::date.between(
-            range.start.unwrap_or(MIN_DATE),
-            range.end.unwrap_or(MAX_DATE),
-        ))
-        .select(UserDailyMetrics::as_select())
-        .order(user_daily_metrics::date.asc())
-        .load(conn)?
-        .into_iter()
-        .map(|row| row.into_parts().1)
-        .collect();
+    let rows = read_rows(conn, table, Some(user_id), range)?;
     Ok(MetricsPage { rows, updated_at })
+}
+
+/// The rows of [`read`] (`user`: `None`) or [`read_user`] (`Some`) without the table's latest
+/// change, for a caller that has just read that itself ([`latest_change`]): one index range
+/// scan.
+///
+/// # Errors
+///
+/// The database error when the query fails.
+pub fn read_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    user: Option<&str>,
+    range: DateRange,
+) -> QueryResult<Vec<DailyMetrics>> {
+    let (start, end) = bounds(range);
+    match user {
+        // One statement text for every range (open bounds are the contract's date limits), so
+        // that diesel keeps it prepared and PostgreSQL plans it once per connection.
+        None => daily_metrics::table
+            .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
+            .filter(daily_metrics::date.between(start, end))
+            .select(DailyMetrics::as_select())
+            .order(daily_metrics::date.asc())
+            .load(conn),
+        Some(user) if user.contains('\0') => Ok(Vec::new()),
+        Some(user) => Ok(user_daily_metrics::table
+            .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
+            .filter(user_daily_metrics::user_id.eq(user))
+            .filter(user_daily_metrics::date.between(start, end))
+            .select(UserDailyMetrics::as_select())
+            .order(user_daily_metrics::date.asc())
+            .load(conn)?
+            .into_iter()
+            .map(|row| row.into_parts().1)
+            .collect()),
+    }
 }
 
 /// Like [`read`] (`user`: `None`) or [`read_user`] (`Some`), but hands the rows to `each` one

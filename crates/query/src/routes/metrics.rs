@@ -230,6 +230,9 @@ async fn read_body(
 ) -> anyhow::Result<Body> {
     // The listener's version before anything is read (see `crate::cache`).
     let notified = changes.as_deref().and_then(Changes::version);
+    // The table's latest change when the cache has just read it: a miss then reads only the
+    // rows (the stamp is read before them either way).
+    let mut known = None;
     if let Some(cache) = &cache {
         if let Some(body) = notified.and_then(|version| cache.get(&key, Version::Notified(version)))
         {
@@ -238,7 +241,10 @@ async fn read_body(
         }
         // Without a stamp (its read failed or was given up on), the rows are read directly.
         let stamp = match cache.stamp(key.database, &key.table, &pool).await {
-            Ok(stamp) => stamp,
+            Ok(stamp) => {
+                known = Some(stamp);
+                stamp
+            }
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "reading without the cache");
                 None
@@ -264,9 +270,19 @@ async fn read_body(
     if whole {
         return web::block(move || {
             let mut conn = pool.get()?;
-            let page = match &key.user {
-                None => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
-                Some(user) => {
+            let page = match (known, &key.user) {
+                (Some(None), _) => MetricsPage::default(),
+                (Some(updated_at), user) => MetricsPage {
+                    rows: metrics_aggregator::read_rows(
+                        &mut conn,
+                        key.table.as_str(),
+                        user.as_deref(),
+                        range,
+                    )?,
+                    updated_at,
+                },
+                (None, None) => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
+                (None, Some(user)) => {
                     metrics_aggregator::read_user(&mut conn, key.table.as_str(), user, range)?
                 }
             };
