@@ -63,3 +63,40 @@ run() {
     errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
     printf '| %s | %s | %s | %s |%s\n' "$label" "$rps" "$p50" "$p99" "${errors:+ $errors}"
 }
+
+# in_stack_begin: inside `xtask stack`, a scratch folder WORK (removed on exit, with any ceiling
+# still running) and the query strings of the last 30 and 365 whole days, Q30 and Q365.
+in_stack_begin() {
+    WORK=$(mktemp -d)
+    CEILING_PID=
+    trap 'stop_ceiling; rm -rf "$WORK"' EXIT
+    local today yesterday
+    today=$(date -u +%F)
+    yesterday=$(date -u -d "$today - 1 day" +%F)
+    # shellcheck disable=SC2034 # used by the scripts that source this file
+    Q30="/metrics?starting_date=$(date -u -d "$today - 30 days" +%F)&ending_date=$yesterday"
+    # shellcheck disable=SC2034
+    Q365="/metrics?starting_date=$(date -u -d "$today - 365 days" +%F)&ending_date=$yesterday"
+}
+
+# table_head: wrk's settings, then the head of the results table.
+table_head() {
+    echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $(nproc) cores"
+    echo
+    echo "| request | requests/s | p50 | p99 |"
+    echo "| --- | --- | --- | --- |"
+}
+
+# ceiling_run LABEL BODY: one table row of the ceiling serving the file BODY from memory.
+ceiling_run() {
+    start_ceiling "$2"
+    run "$1" "http://$CEILING/metrics"
+    stop_ceiling
+    CEILING_PID=
+}
+
+# peak_rss: metrics-query's peak resident memory in the stack so far.
+peak_rss() {
+    echo
+    echo "metrics-query peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$STACK_QUERY_PID/status")"
+}

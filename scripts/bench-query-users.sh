@@ -30,13 +30,7 @@ BIN=$CARGO_TARGET_DIR/$PROFILE
 . scripts/bench-lib.sh
 
 if [[ ${1:-} == --in-stack ]]; then
-    WORK=$(mktemp -d)
-    CEILING_PID=
-    trap 'stop_ceiling; rm -rf "$WORK"' EXIT
-    today=$(date -u +%F)
-    d365=$(date -u -d "$today - 365 days" +%F)
-    yesterday=$(date -u -d "$today - 1 day" +%F)
-    Q365="/metrics?starting_date=$d365&ending_date=$yesterday"
+    in_stack_begin
     curl -sf "http://$STACK_API$Q365&user_id=user-0001" >"$WORK/user.json"
     rows=$(grep -o '"date"' "$WORK/user.json" | wc -l)
     [[ $rows -eq 365 ]] || {
@@ -51,17 +45,12 @@ request = function()
   return wrk.format("GET", path)
 end
 LUA
-    start_ceiling "$WORK/user.json"
 
     echo "one user's 365-day body: $(wc -c <"$WORK/user.json") bytes; $USERS users"
-    echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $(nproc) cores"
-    echo
-    echo "| request | requests/s | p50 | p99 |"
-    echo "| --- | --- | --- | --- |"
+    table_head
     run "GET /metrics?user_id=<random of $USERS>, 365 days" "http://$STACK_API" -s "$WORK/users.lua"
-    run "ceiling: one user's 365-day bytes from memory" "http://$CEILING/metrics"
-    echo
-    echo "metrics-query peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$STACK_QUERY_PID/status")"
+    ceiling_run "ceiling: one user's 365-day bytes from memory" "$WORK/user.json"
+    peak_rss
     exit 0
 fi
 
