@@ -34,12 +34,12 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
-use metrics_aggregator::{DateRange, TableName};
+use metrics_aggregator::TableName;
 use metrics_events::{Event, EventKind, Limits, decode_message};
 use metrics_ingest::Settings;
 use metrics_ingest::topology::Topology;
 use metrics_publisher::traffic::{self, TrafficOptions};
-use metrics_test_support::{TestBroker, TestDatabase};
+use metrics_test_support::{TestBroker, TestDatabase, process};
 use secrecy::ExposeSecret;
 
 /// The longest any phase may take before the benchmark gives up.
@@ -142,23 +142,6 @@ fn apply_alone(events: Vec<Event>, batch: usize) -> Duration {
     started.elapsed()
 }
 
-fn counted(database: &TestDatabase) -> i64 {
-    let mut conn = database.connect();
-    let page = metrics_aggregator::read(&mut conn, "agno_metrics", DateRange::default()).unwrap();
-    page.rows
-        .iter()
-        .map(|row| row.runs_counts().iter().sum::<i64>())
-        .sum()
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// The ingest binary drains the queue into `database`; returns the time and peak RSS.
 fn ingest(settings: &Settings, database: &TestDatabase, runs: i64) -> (Duration, u64) {
     let started = Instant::now();
@@ -181,8 +164,8 @@ fn ingest(settings: &Settings, database: &TestDatabase, runs: i64) -> (Duration,
         .unwrap();
     let mut peak = 0;
     loop {
-        peak = peak.max(peak_rss_kib(child.id()).unwrap_or(0));
-        if counted(database) >= runs {
+        peak = peak.max(process::peak_rss_kib(child.id()).unwrap_or(0));
+        if database.runs_counted("agno_metrics") >= runs {
             break;
         }
         assert!(
@@ -192,7 +175,7 @@ fn ingest(settings: &Settings, database: &TestDatabase, runs: i64) -> (Duration,
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = started.elapsed();
-    peak = peak.max(peak_rss_kib(child.id()).unwrap_or(0));
+    peak = peak.max(process::peak_rss_kib(child.id()).unwrap_or(0));
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -23,12 +23,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use metrics_aggregator::DateRange;
 use metrics_ingest::Settings;
 use metrics_ingest::topology::Topology;
 use metrics_publisher::OutgoingMessage;
 use metrics_publisher::traffic::{TrafficOptions, generate};
-use metrics_test_support::{TestBroker, TestDatabase};
+use metrics_test_support::{TestBroker, TestDatabase, process};
 use serde_json::{Value, json};
 
 /// The longest a drain may take before the benchmark gives up.
@@ -53,24 +52,6 @@ fn padded(message: &OutgoingMessage, size: usize) -> Vec<u8> {
     body
 }
 
-fn counted(database: &TestDatabase) -> i64 {
-    let mut conn = database.connect();
-    let page = metrics_aggregator::read(&mut conn, "agno_metrics", DateRange::default()).unwrap();
-    page.rows
-        .iter()
-        .map(|row| row.runs_counts().iter().sum::<i64>())
-        .sum()
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// The binary, with its defaults and the `amqp` variables, drains its queue into `database` until `runs` are
 /// counted; returns the time and the peak RSS in KiB.
 fn drain(amqp: &[(&str, String); 3], database: &TestDatabase, runs: i64) -> (Duration, u64) {
@@ -85,7 +66,7 @@ fn drain(amqp: &[(&str, String); 3], database: &TestDatabase, runs: i64) -> (Dur
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    while counted(database) < runs {
+    while database.runs_counted("agno_metrics") < runs {
         assert!(
             started.elapsed() < DRAIN_LIMIT,
             "metrics-ingest did not drain in time"
@@ -93,7 +74,7 @@ fn drain(amqp: &[(&str, String); 3], database: &TestDatabase, runs: i64) -> (Dur
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = started.elapsed();
-    let peak = peak_rss_kib(child.id());
+    let peak = process::peak_rss_kib(child.id()).unwrap();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

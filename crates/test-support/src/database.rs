@@ -26,6 +26,22 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// The runs counted so far in `table`'s all-users rows, every session type together.
+    ///
+    /// # Panics
+    ///
+    /// When the database cannot be read.
+    pub fn runs_counted(&self, table: &str) -> i64 {
+        let mut conn = self.connect();
+        let page =
+            metrics_aggregator::read(&mut conn, table, metrics_aggregator::DateRange::default())
+                .unwrap();
+        page.rows
+            .iter()
+            .map(|row| row.runs_counts().iter().sum::<i64>())
+            .sum()
+    }
+
     /// A fresh database with every migration applied.
     ///
     /// # Panics

@@ -19,6 +19,15 @@ use crate::{TestBroker, TestDatabase};
 /// The security key the tests' query service requires.
 pub const KEY: &str = "e2e-secret-key";
 
+/// The peak resident memory (`VmHWM`) of process `pid`, in KiB; `None` once it has exited.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A free loopback address for a program that cannot report the port it bound (PostgreSQL,
 /// RabbitMQ, chromedriver, `scripts/up.sh`); the service binaries bind port 0 and report theirs
 /// instead ([`Service`]).
