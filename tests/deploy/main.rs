@@ -99,15 +99,7 @@ fn kubernetes_rules(objects: &[Object], problems: &mut Problems) {
                 "a Secret is committed; reference it instead (secret.example.yaml)",
             );
         }
-        let labels = object
-            .value
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object);
-        if !labels.is_some_and(|labels| {
-            labels
-                .keys()
-                .any(|key| key.starts_with("app.kubernetes.io/"))
-        }) {
+        if !has_app_labels(&object.value) {
             problems.add(&place, "has no app.kubernetes.io/* labels");
         }
         if !matches!(object.kind(), "Deployment" | "Job") {
@@ -397,15 +389,7 @@ fn monitoring_component_selects_the_services_and_carries_the_alerts() {
             if text(&object.value, "apiVersion") != "monitoring.coreos.com/v1" {
                 problems.add(&at, "is not monitoring.coreos.com/v1");
             }
-            let labels = object
-                .value
-                .pointer("/metadata/labels")
-                .and_then(Value::as_object);
-            if !labels.is_some_and(|labels| {
-                labels
-                    .keys()
-                    .any(|key| key.starts_with("app.kubernetes.io/"))
-            }) {
+            if !has_app_labels(&object.value) {
                 problems.add(&at, "has no app.kubernetes.io/* labels");
             }
         }
@@ -482,4 +466,16 @@ fn monitoring_component_selects_the_services_and_carries_the_alerts() {
         }
     }
     problems.assert_none();
+}
+
+/// Whether a Kubernetes object carries at least one `app.kubernetes.io/*` label.
+fn has_app_labels(object: &Value) -> bool {
+    object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(|labels| {
+            labels
+                .keys()
+                .any(|key| key.starts_with("app.kubernetes.io/"))
+        })
 }
