@@ -328,6 +328,37 @@ impl PrivateRabbit {
         self.dir.join("rabbitmq.pid")
     }
 
+    /// Stops the node cleanly (SIGTERM: RabbitMQ shuts down in order and closes the files it
+    /// keeps open) and waits until it has exited (at most 60 s, then it is killed).
+    ///
+    /// RabbitMQ 3.10's Ra keeps the names of its quorum queue servers in a DETS file that is not
+    /// synced when a queue is declared; a node SIGKILLed soon after a declaration can come back
+    /// without the queue's registration, start an empty server for it that never elects a
+    /// leader, and lose its messages. A clean stop writes the file out, so a test that crashes
+    /// the node after declaring its queues stops and starts it once before.
+    pub async fn stop(&mut self) {
+        if let Ok(pid) = fs::read_to_string(self.pid_file()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // The script started exits once the Erlang VM has (it runs it in the foreground or
+        // waits for it); until then the node is still writing out its state.
+        if let Some(child) = self.child.as_mut() {
+            let until = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().unwrap().is_none() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                let _ = fs::remove_file(self.pid_file());
+            }
+        }
+        // Whatever did not stop in time is killed; then the ports must be free.
+        self.crash();
+    }
+
     /// Kills the node (SIGKILL: no clean shutdown) and waits until its ports are free.
     pub fn crash(&mut self) {
         if let Ok(pid) = fs::read_to_string(self.pid_file()) {
