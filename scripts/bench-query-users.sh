@@ -6,10 +6,11 @@
 # `xtask stack` (the tests' fixtures) seeds a scratch database with 400 days through the
 # aggregator (the `seed` example), then gives each of USERS users (user-0001 ...) a per-user row
 # on every day, a copy of that day's all-users row (three models), in SQL, and starts the
-# release service on loopback with its defaults. Inside it, this script saves one user's 365-day
+# release service on loopback with its defaults (xtask renders the rows' JSON, as a refresh
+# would). Inside it, this script saves one user's 365-day
 # body for the ceiling (the `ceiling` example: the same server, workers and middleware, the
 # bytes from memory), runs wrk with a Lua script that picks a random user per request, then wrk
-# against the ceiling.
+# against the ceiling, then the same reads again with the rows' rendered JSON cleared.
 #
 # Needs: PostgreSQL at TEST_DATABASE_URL's server (default loopback, user postgres; BENCH_SERVER_URL,
 # the server's URL without a database, is still honoured), wrk (installed from the distribution's
@@ -50,6 +51,11 @@ LUA
     table_head
     run "GET /metrics?user_id=<random of $USERS>, 365 days" "http://$STACK_API" -s "$WORK/users.lua"
     ceiling_run "ceiling: one user's 365-day bytes from memory" "$WORK/user.json"
+    # The same reads of rows without their rendered JSON (as rows written before the column
+    # existed): the service decodes and renders each row itself.
+    psql -q "$STACK_DATABASE_URL" -c "UPDATE user_daily_metrics SET rendered = NULL"
+    run "the same, rows not rendered (decoded and rendered per read)" "http://$STACK_API" \
+        -s "$WORK/users.lua"
     peak_rss
     exit 0
 fi

@@ -7,7 +7,8 @@
 //! - [`apply`] rolls a batch of events into the rows in one transaction; the rows depend only on
 //!   the set of distinct events, never on their order, timing or repetition.
 //! - [`read`] returns a table's rows for a date range, with the table-wide latest change;
-//!   [`read_user`] one user's rows.
+//!   [`read_user`] one user's rows; [`read_rendered`] the same rows as the JSON the writer
+//!   rendered for each ([`render_day`]), joined in the database.
 //! - [`rebuild`] recomputes a date range from the stored per-run, per-session and per-user-day
 //!   records, keeping each day's row id.
 //! - [`start_refresh`], [`finish_refresh`] and [`refresh_status`] run an exact recount of a
@@ -27,6 +28,7 @@ mod pool;
 mod read;
 mod rebuild;
 mod refresh;
+mod render;
 pub mod schema;
 mod store;
 mod tables;
@@ -38,10 +40,13 @@ pub use migrate::{migrate, revert_all};
 pub use models::{DailyMetrics, ModelCount};
 pub use plan::EventOutcome;
 pub use pool::{ConnectionLimits, Pool, PooledConnection, connect, connect_one};
-pub use read::{DateRange, MetricsPage, latest_change, read, read_rows, read_user, stream};
-pub use rebuild::{RebuildReport, rebuild};
+pub use read::{
+    DateRange, MetricsPage, latest_change, read, read_rendered, read_rows, read_user, stream,
+};
+pub use rebuild::{RebuildReport, rebuild, render_unrendered};
 pub use refresh::{
     REFRESH_LOCK_CLASS, RefreshState, RefreshStatus, WORKER_GONE, finish_refresh, refresh_status,
     start_refresh,
 };
+pub use render::{DayJson, decimal_number, render_day};
 pub use tables::{InvalidTableName, TableId, TableName, register_table};

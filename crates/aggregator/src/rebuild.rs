@@ -3,7 +3,9 @@
 //! `rebuild` groups the `runs`, `sessions` and `day_users` of a date range by day, and by user
 //! and day for the per-user rows, in one statement each (the same statement, keyed by day or by
 //! user and day) and writes only the rows that differ, so PostgreSQL does the work and the
-//! caller's memory does not grow with the data. A rebuild of rows that [`apply`](crate::apply) maintained
+//! caller's memory does not grow with the data. The rows it writes are then rendered
+//! (`rendered`, see [`crate::render`]) a thousand at a time, as are the rows of the range that
+//! have no rendered JSON yet (written before the column existed). A rebuild of rows that [`apply`](crate::apply) maintained
 //! changes nothing: both compute the same function of the same records.
 
 use std::sync::LazyLock;
@@ -14,7 +16,7 @@ use metrics_events::{MAX_DATE, MIN_DATE, Tokens};
 
 use crate::models::COUNT_COLUMNS;
 use crate::read::DateRange;
-use crate::store::lock_table;
+use crate::store::{self, RowTable, lock_table};
 use crate::tables::TableId;
 
 /// What a rebuild changed.
@@ -68,12 +70,35 @@ pub fn rebuild(
             .bind::<Date, _>(start)
             .bind::<Date, _>(end)
             .execute(conn)?;
+        store::render_missing(conn, table, RowTable::AllUsers, start, end)?;
+        store::render_missing(conn, table, RowTable::PerUser, start, end)?;
         Ok(RebuildReport {
             rows_written,
             rows_deleted,
             user_rows_written,
             user_rows_deleted,
         })
+    })
+}
+
+/// Renders the rows of `table` within `range` that have no rendered JSON yet (written before the
+/// column existed, or by hand), under the table's writer lock, without changing anything else:
+/// what [`rebuild`] does after recomputing, for a caller that only wants reads to be joins again.
+///
+/// # Errors
+///
+/// The database error when a statement fails; nothing was changed.
+pub fn render_unrendered(
+    conn: &mut PgConnection,
+    table: TableId,
+    range: DateRange,
+) -> QueryResult<()> {
+    let start = range.start.unwrap_or(MIN_DATE);
+    let end = range.end.unwrap_or(MAX_DATE);
+    conn.transaction(|conn| {
+        lock_table(conn, table)?;
+        store::render_missing(conn, table, RowTable::AllUsers, start, end)?;
+        store::render_missing(conn, table, RowTable::PerUser, start, end)
     })
 }
 
@@ -195,7 +220,8 @@ FROM keys
 LEFT JOIN run_days r USING ({key})
 LEFT JOIN session_days s USING ({key})
 LEFT JOIN model_days m USING ({key})
-ON CONFLICT (table_id, {key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
+ON CONFLICT (table_id, {key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at,
+    rendered = NULL
 WHERE ({stored}) IS DISTINCT FROM ({written})
 "#,
         columns = columns.join(", "),

@@ -25,6 +25,7 @@ diesel::table! {
         model_metrics -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        rendered -> Nullable<Text>,
     }
 }
 
@@ -122,6 +123,7 @@ diesel::table! {
         model_metrics -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        rendered -> Nullable<Text>,
     }
 }
 

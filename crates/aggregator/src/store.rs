@@ -23,6 +23,7 @@ use crate::models::{
     COUNT_COLUMNS, DailyMetrics, DayUser, RunRecord, SessionRecord, UserDailyMetrics,
 };
 use crate::plan::{DayKey, Scope};
+use crate::render::render_day;
 use crate::schema::{daily_metrics, sessions, user_daily_metrics};
 use crate::tables::TableId;
 
@@ -427,6 +428,7 @@ impl RowTable {
                 ("model_metrics", "jsonb"),
                 ("created_at", "timestamptz"),
                 ("updated_at", "timestamptz"),
+                ("rendered", "text"),
             ]);
             let keep = ["date", "id", "created_at"];
             let all_users =
@@ -496,6 +498,12 @@ pub(crate) fn write_rows(
     values: &[(&Scope, &DailyMetrics)],
 ) -> QueryResult<()> {
     for chunk in values.chunks(CHUNK_ROWS) {
+        // Each row's JSON as a read serves it, beside its values (see `crate::render`).
+        let rendered = chunk
+            .iter()
+            .map(|(_, row)| render_day(row))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| diesel::result::Error::SerializationError(Box::new(err)))?;
         let column = |value: fn(&DailyMetrics) -> i64| {
             chunk.iter().map(|(_, row)| value(row)).collect::<Vec<_>>()
         };
@@ -548,7 +556,106 @@ pub(crate) fn write_rows(
                     .map(|(_, row)| row.updated_at)
                     .collect::<Vec<_>>(),
             )
+            .bind::<Array<Text>, _>(rendered)
             .execute(conn)?;
     }
     Ok(())
+}
+
+/// Renders the rows of one [`RowTable`] within `start..=end` that have no rendered JSON (see
+/// [`crate::render`]), [`CHUNK_ROWS`] at a time in key order, so memory stays bounded whatever
+/// the range holds.
+pub(crate) fn render_missing(
+    conn: &mut PgConnection,
+    table: TableId,
+    rows: RowTable,
+    start: NaiveDate,
+    end: NaiveDate,
+) -> QueryResult<()> {
+    // The key of the last row rendered: the next chunk starts after it.
+    let mut after: Option<(String, NaiveDate)> = None;
+    loop {
+        let chunk: Vec<(String, DailyMetrics)> = match rows {
+            RowTable::AllUsers => {
+                let from = after.as_ref().and_then(|(_, date)| date.succ_opt());
+                daily_metrics::table
+                    .filter(daily_metrics::table_id.eq(table.0))
+                    .filter(daily_metrics::date.between(from.unwrap_or(start), end))
+                    .filter(daily_metrics::rendered.is_null())
+                    .order(daily_metrics::date.asc())
+                    .limit(CHUNK_ROWS as i64)
+                    .select(DailyMetrics::as_select())
+                    .load(conn)?
+                    .into_iter()
+                    .map(|row| (String::new(), row))
+                    .collect()
+            }
+            RowTable::PerUser => {
+                let mut query = user_daily_metrics::table
+                    .filter(user_daily_metrics::table_id.eq(table.0))
+                    .filter(user_daily_metrics::date.between(start, end))
+                    .filter(user_daily_metrics::rendered.is_null())
+                    .order((
+                        user_daily_metrics::user_id.asc(),
+                        user_daily_metrics::date.asc(),
+                    ))
+                    .limit(CHUNK_ROWS as i64)
+                    .select(UserDailyMetrics::as_select())
+                    .into_boxed();
+                if let Some((user, date)) = &after {
+                    query = query
+                        .filter(user_daily_metrics::user_id.ge(user.clone()))
+                        .filter(
+                            user_daily_metrics::user_id
+                                .gt(user.clone())
+                                .or(user_daily_metrics::date.gt(*date)),
+                        );
+                }
+                query
+                    .load(conn)?
+                    .into_iter()
+                    .map(UserDailyMetrics::into_parts)
+                    .collect()
+            }
+        };
+        let Some((user, row)) = chunk.last() else {
+            return Ok(());
+        };
+        after = Some((user.clone(), row.date));
+        let rendered = chunk
+            .iter()
+            .map(|(_, row)| render_day(row))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| diesel::result::Error::SerializationError(Box::new(err)))?;
+        let dates: Vec<NaiveDate> = chunk.iter().map(|(_, row)| row.date).collect();
+        match rows {
+            RowTable::AllUsers => diesel::sql_query(
+                "UPDATE daily_metrics d SET rendered = u.rendered \
+                 FROM unnest($2::date[], $3::text[]) AS u(date, rendered) \
+                 WHERE d.table_id = $1 AND d.date = u.date",
+            )
+            .bind::<Integer, _>(table.0)
+            .bind::<Array<Date>, _>(dates)
+            .bind::<Array<Text>, _>(rendered)
+            .execute(conn)?,
+            RowTable::PerUser => diesel::sql_query(
+                "UPDATE user_daily_metrics d SET rendered = u.rendered \
+                 FROM unnest($2::text[], $3::date[], $4::text[]) AS u(user_id, date, rendered) \
+                 WHERE d.table_id = $1 AND d.user_id = u.user_id AND d.date = u.date",
+            )
+            .bind::<Integer, _>(table.0)
+            .bind::<Array<Text>, _>(
+                chunk
+                    .iter()
+                    .map(|(user, _)| user.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Date>, _>(dates)
+            .bind::<Array<Text>, _>(rendered)
+            .execute(conn)?,
+        };
+        if chunk.len() < CHUNK_ROWS {
+            return Ok(());
+        }
+    }
 }

@@ -27,6 +27,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use metrics_aggregator::schema::metrics_tables;
+use metrics_aggregator::{DateRange, TableName, register_table, render_unrendered};
 use metrics_test_support::process::{IngestTarget, Service, binary};
 use metrics_test_support::{TestBroker, TestDatabase};
 
@@ -122,6 +125,14 @@ async fn run_stack(stack: Stack) -> anyhow::Result<ExitCode> {
         for statement in sql.split_inclusive(";\n").filter(|s| !s.trim().is_empty()) {
             conn.batch_execute(statement)
                 .with_context(|| format!("running {}: {statement}", file.display()))?;
+        }
+        // Rows the SQL wrote have no rendered JSON: render them, as a refresh would.
+        let names: Vec<String> = metrics_tables::table
+            .select(metrics_tables::name)
+            .load(&mut conn)?;
+        for name in names {
+            let table = register_table(&mut conn, &name.parse::<TableName>()?)?;
+            render_unrendered(&mut conn, table, DateRange::default())?;
         }
     }
     // `METRICS_*` settings of this environment reach the services (`METRICS_CACHE__ENTRIES=0

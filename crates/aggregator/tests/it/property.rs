@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use metrics_test_support::rows::{Day, reference_by_user, user_snapshot};
 
-use crate::support::{reference, snapshot, table};
+use crate::support::{reference, snapshot, stored_and_rendered, table};
 
 /// The all-users rows the per-user rows add up to: every count, token, cost and model summed
 /// per day; `users_count` is left out (a day's users are distinct, not summed).
@@ -207,6 +207,11 @@ fn rows_depend_only_on_the_set_of_distinct_events() {
             let a_by_user = user_snapshot(conn, &names[0]);
             prop_assert_eq!(&a_by_user, &expected_by_user);
             prop_assert_eq!(&user_snapshot(conn, &names[1]), &expected_by_user);
+
+            // Every row keeps the JSON of its values, as a read serves it.
+            for (stored, rendered) in stored_and_rendered(conn, &names[0]) {
+                prop_assert_eq!(stored, Some(rendered));
+            }
 
             // Per day, the per-user rows (the no-user rows among them) add up to the all-users
             // row in every count but users_count.

@@ -6,7 +6,10 @@ use metrics_aggregator::{DateRange, RebuildReport, apply, read, rebuild};
 use metrics_events::SessionType::{Agent, Team};
 use metrics_test_support::TestDatabase;
 
-use crate::support::{day, run, session, snapshot, table, with_model, with_usage, with_user};
+use crate::support::{
+    assert_rendered, day, run, session, snapshot, stored_and_rendered, table, with_model,
+    with_usage, with_user,
+};
 
 #[test]
 fn rebuild_repairs_drifted_rows_and_keeps_their_ids() {
@@ -75,6 +78,8 @@ fn rebuild_repairs_drifted_rows_and_keeps_their_ids() {
         .unwrap()
         .rows;
     assert_eq!(rows[0].id, ids[0], "the surviving row keeps its id");
+    // The repaired rows are rendered anew, from their repaired values.
+    assert_rendered(&mut conn, "agno_metrics");
 
     // Consistent rows are left alone.
     let report = rebuild(&mut conn, t, DateRange::default()).unwrap();
@@ -107,4 +112,49 @@ fn rebuild_outside_the_range_touches_nothing() {
     .unwrap();
     assert_eq!(report, RebuildReport::default());
     assert_eq!(snapshot(&mut conn, "agno_metrics")[0].runs, [9, 0, 0]);
+}
+
+/// Rows written before the `rendered` column existed have none: a read of them says so (and the
+/// service renders them itself), and the next rebuild renders them without changing anything
+/// else.
+#[test]
+fn rows_without_rendered_json_are_rendered_by_the_next_rebuild() {
+    use metrics_aggregator::schema::user_daily_metrics;
+    let db = TestDatabase::migrated();
+    let mut conn = db.connect();
+    let t = table(&mut conn, "agno_metrics");
+    let events: Vec<_> = (1..=3)
+        .map(|d| {
+            with_user(
+                run(
+                    &format!("e{d}"),
+                    &format!("2025-07-0{d}T12:00:00Z"),
+                    &format!("r{d}"),
+                    "s",
+                    Agent,
+                ),
+                &format!("u{}", d % 2),
+            )
+        })
+        .collect();
+    apply(&mut conn, t, &events).unwrap();
+    assert_rendered(&mut conn, "agno_metrics");
+    let before = snapshot(&mut conn, "agno_metrics");
+
+    diesel::update(daily_metrics::table.filter(daily_metrics::date.eq(day("2025-07-02"))))
+        .set(daily_metrics::rendered.eq(None::<String>))
+        .execute(&mut conn)
+        .unwrap();
+    diesel::update(user_daily_metrics::table)
+        .set(user_daily_metrics::rendered.eq(None::<String>))
+        .execute(&mut conn)
+        .unwrap();
+    for (stored, _) in stored_and_rendered(&mut conn, "agno_metrics") {
+        assert_eq!(stored, None, "a read with an unrendered row says so");
+    }
+
+    let report = rebuild(&mut conn, t, DateRange::default()).unwrap();
+    assert_eq!(report, RebuildReport::default(), "no value changed");
+    assert_rendered(&mut conn, "agno_metrics");
+    assert_eq!(snapshot(&mut conn, "agno_metrics"), before);
 }

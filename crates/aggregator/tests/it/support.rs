@@ -93,3 +93,39 @@ pub fn with_usage(mut event: Event, input: i64, output: i64, cost: &str) -> Even
 pub fn table(conn: &mut PgConnection, name: &str) -> TableId {
     register_table(conn, &name.parse::<TableName>().unwrap()).unwrap()
 }
+
+/// The stored JSON of every row of `table` (all-users, and each user's), joined as a read joins
+/// it, next to the same rows read from their columns and rendered now: `(stored, rendered)`,
+/// `stored` being `None` when some row has none.
+pub fn stored_and_rendered(conn: &mut PgConnection, table: &str) -> Vec<(Option<String>, String)> {
+    use diesel::prelude::*;
+    use metrics_aggregator::schema::{metrics_tables, user_daily_metrics};
+    let users: Vec<String> = user_daily_metrics::table
+        .inner_join(metrics_tables::table)
+        .filter(metrics_tables::name.eq(table))
+        .select(user_daily_metrics::user_id)
+        .distinct()
+        .order(user_daily_metrics::user_id)
+        .load(conn)
+        .unwrap();
+    std::iter::once(None)
+        .chain(users.iter().map(|user| Some(user.as_str())))
+        .map(|user| {
+            let range = metrics_aggregator::DateRange::default();
+            let stored = metrics_aggregator::read_rendered(conn, table, user, range).unwrap();
+            let rendered: Vec<String> = metrics_aggregator::read_rows(conn, table, user, range)
+                .unwrap()
+                .iter()
+                .map(|row| metrics_aggregator::render_day(row).unwrap())
+                .collect();
+            (stored, rendered.join(","))
+        })
+        .collect()
+}
+
+/// Asserts that every row of `table` keeps the JSON of its current values.
+pub fn assert_rendered(conn: &mut PgConnection, table: &str) {
+    for (stored, rendered) in stored_and_rendered(conn, table) {
+        assert_eq!(stored.as_deref(), Some(rendered.as_str()), "table {table}");
+    }
+}

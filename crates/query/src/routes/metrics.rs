@@ -1,24 +1,24 @@
 //! `GET /metrics`: the request's parameters, their validation (`metrics-api.md`, and
 //! `agentos-compat.md` for `user_id`), and the response: all users' rows or one user's.
 //!
-//! The body is written by hand-rolled `Serialize` impls over [`DailyMetrics`]: no intermediate
-//! `serde_json::Value`, no per-request maps, one buffer sized up front. A range of up to
-//! [`WHOLE_READ_DAYS`] days is read and rendered whole; longer and open ranges are read row by
-//! row and, past [`STREAM_AFTER_BYTES`], sent as they come, so memory stays bounded whatever the
-//! table holds (a database error midway then cuts the body short).
+//! A range of up to [`WHOLE_READ_DAYS`] days is read whole, as the JSON the writer rendered for
+//! each row, joined in the database ([`metrics_aggregator::read_rendered`]): the body is that
+//! text between its head and tail, nothing is decoded. Rows without rendered JSON (written
+//! before the column existed) are read and rendered here, with the same serialisation
+//! ([`DayJson`]). Longer and open ranges are read row by row and, past [`STREAM_AFTER_BYTES`],
+//! sent as they come, so memory stays bounded whatever the table holds (a database error midway
+//! then cuts the body short).
 
-use std::fmt;
 use std::sync::Arc;
 
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context;
-use bigdecimal::BigDecimal;
-use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures_util::StreamExt;
-use metrics_aggregator::{DailyMetrics, DateRange, MetricsPage, Pool, Tokens};
-use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
+use metrics_aggregator::{DailyMetrics, DateRange, DayJson, MetricsPage, Pool};
+use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot};
 
@@ -270,25 +270,28 @@ async fn read_body(
     if whole {
         return web::block(move || {
             let mut conn = pool.get()?;
-            let page = match (known, &key.user) {
-                (Some(None), _) => MetricsPage::default(),
-                (Some(updated_at), user) => MetricsPage {
-                    rows: metrics_aggregator::read_rows(
-                        &mut conn,
-                        key.table.as_str(),
-                        user.as_deref(),
-                        range,
-                    )?,
-                    updated_at,
-                },
-                (None, None) => metrics_aggregator::read(&mut conn, key.table.as_str(), range)?,
-                (None, Some(user)) => {
-                    metrics_aggregator::read_user(&mut conn, key.table.as_str(), user, range)?
+            let table = key.table.as_str();
+            let updated_at = match known {
+                Some(stamp) => stamp,
+                None => metrics_aggregator::latest_change(&mut conn, table)?,
+            };
+            let body = match updated_at {
+                None => render(&MetricsPage::default())?,
+                Some(_) => {
+                    let user = key.user.as_deref();
+                    match metrics_aggregator::read_rendered(&mut conn, table, user, range)? {
+                        Some(rows) => joined(&rows, updated_at),
+                        // Rows not rendered yet (written before `rendered` existed).
+                        None => render(&MetricsPage {
+                            rows: metrics_aggregator::read_rows(&mut conn, table, user, range)?,
+                            updated_at,
+                        })?,
+                    }
                 }
             };
-            let body = Bytes::from(render(&page)?);
+            let body = Bytes::from(body);
             if let Some(cache) = &cache {
-                cache.put_versions(key, page.updated_at, notified, body.clone());
+                cache.put_versions(key, updated_at, notified, body.clone());
             }
             Ok(Body::Whole(body))
         })
@@ -386,7 +389,7 @@ impl Sink {
             self.body.push(b',');
         }
         self.rows += 1;
-        if let Err(err) = serde_json::to_writer(&mut self.body, &Row(row)) {
+        if let Err(err) = serde_json::to_writer(&mut self.body, &DayJson(row)) {
             self.failed = Some(err);
             return false;
         }
@@ -419,6 +422,15 @@ impl Sink {
             Vec::with_capacity(CHUNK_BYTES),
         ))
     }
+}
+
+/// The body of rows already rendered and joined by commas ([`metrics_aggregator::read_rendered`]).
+fn joined(rows: &str, updated_at: Option<DateTime<Utc>>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(HEAD.len() + rows.len() + 48);
+    body.extend_from_slice(HEAD);
+    body.extend_from_slice(rows.as_bytes());
+    tail(&mut body, updated_at);
+    body
 }
 
 /// Ends a body: the rows' array and the table's latest change.
@@ -485,143 +497,9 @@ impl Serialize for Rows<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut rows = serializer.serialize_seq(Some(self.0.len()))?;
         for row in self.0 {
-            rows.serialize_element(&Row(row))?;
+            rows.serialize_element(&DayJson(row))?;
         }
         rows.end()
-    }
-}
-
-/// One `DayAggregatedMetrics`, fields in the contract's order.
-struct Row<'a>(&'a DailyMetrics);
-
-impl Serialize for Row<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let row = self.0;
-        let mut out = serializer.serialize_struct("DayAggregatedMetrics", 13)?;
-        out.serialize_field("id", &row.id)?;
-        out.serialize_field("agent_runs_count", &row.agent_runs_count)?;
-        out.serialize_field("agent_sessions_count", &row.agent_sessions_count)?;
-        out.serialize_field("team_runs_count", &row.team_runs_count)?;
-        out.serialize_field("team_sessions_count", &row.team_sessions_count)?;
-        out.serialize_field("workflow_runs_count", &row.workflow_runs_count)?;
-        out.serialize_field("workflow_sessions_count", &row.workflow_sessions_count)?;
-        out.serialize_field("users_count", &row.users_count)?;
-        out.serialize_field("token_metrics", &TokenMetrics(row))?;
-        out.serialize_field("model_metrics", &Models(&row.model_metrics))?;
-        out.serialize_field("date", &Day(row.date))?;
-        out.serialize_field("created_at", &row.created_at.timestamp())?;
-        out.serialize_field("updated_at", &row.updated_at.timestamp())?;
-        out.end()
-    }
-}
-
-/// `model_metrics`, stored by the aggregator as `[{model_id, model_provider, count}]` in the
-/// contract's row order; written with each object's keys in the contract's order too (a JSON
-/// value would write them alphabetically).
-struct Models<'a>(&'a serde_json::Value);
-
-impl Serialize for Models<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Some(models) = self.0.as_array() else {
-            return self.0.serialize(serializer);
-        };
-        let mut out = serializer.serialize_seq(Some(models.len()))?;
-        for model in models {
-            out.serialize_element(&Model(model))?;
-        }
-        out.end()
-    }
-}
-
-struct Model<'a>(&'a serde_json::Value);
-
-impl Serialize for Model<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("ModelMetrics", 3)?;
-        out.serialize_field("model_id", &self.0["model_id"])?;
-        out.serialize_field("model_provider", &self.0["model_provider"])?;
-        out.serialize_field("count", &self.0["count"])?;
-        out.end()
-    }
-}
-
-/// The fourteen `token_metrics` keys of `metrics-api.md`: the contract's nine, Agno's four
-/// aliases, and `cost`.
-struct TokenMetrics<'a>(&'a DailyMetrics);
-
-impl Serialize for TokenMetrics<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let row = self.0;
-        let mut out = serializer.serialize_struct("TokenMetrics", 14)?;
-        for (name, count) in Tokens::NAMES.into_iter().zip(row.tokens.counts()) {
-            out.serialize_field(name, &count)?;
-        }
-        out.serialize_field("audio_total_tokens", &row.tokens.audio_tokens)?;
-        out.serialize_field("audio_input_tokens", &row.tokens.input_audio_tokens)?;
-        out.serialize_field("audio_output_tokens", &row.tokens.output_audio_tokens)?;
-        out.serialize_field("cache_read_tokens", &row.tokens.cached_tokens)?;
-        // The exact stored sum, digit for digit, as a JSON number in the shape of a float (as
-        // Agno's): a double would round it, and past its range would even become `null`.
-        let cost = serde_json::value::RawValue::from_string(decimal_number(&row.cost))
-            .map_err(S::Error::custom)?;
-        out.serialize_field("cost", &cost)?;
-        out.end()
-    }
-}
-
-/// The exact value of `value` as JSON number text that always reads as a float: plain
-/// (`0.25`, `12.0`) between 1e-6 and 1e21, else in exponent form (`3.4e308`, `1e-7`), as
-/// JavaScript and serde_json write doubles, but with every digit of the decimal.
-pub fn decimal_number(value: &BigDecimal) -> String {
-    let (unscaled, scale) = value.normalized().as_bigint_and_exponent();
-    let text = unscaled.to_string();
-    let (sign, digits) = match text.strip_prefix('-') {
-        Some(digits) => ("-", digits),
-        None => ("", text.as_str()),
-    };
-    if digits == "0" {
-        return "0.0".to_owned();
-    }
-    let len = i64::try_from(digits.len()).unwrap_or(i64::MAX);
-    // value = 0.<digits> x 10^point
-    let point = len.saturating_sub(scale);
-    match usize::try_from(point) {
-        _ if !(-5..=21).contains(&point) => {
-            let exponent = point - 1;
-            match digits.split_at(1) {
-                (first, "") => format!("{sign}{first}e{exponent}"),
-                (first, rest) => format!("{sign}{first}.{rest}e{exponent}"),
-            }
-        }
-        Ok(point) if point >= digits.len() => {
-            format!("{sign}{digits}{}.0", "0".repeat(point - digits.len()))
-        }
-        Ok(point) if point > 0 => format!("{sign}{}.{}", &digits[..point], &digits[point..]),
-        _ => format!(
-            "{sign}0.{}{digits}",
-            "0".repeat(usize::try_from(-point).unwrap_or_default())
-        ),
-    }
-}
-
-/// A day as `YYYY-MM-DDT00:00:00Z`.
-struct Day(NaiveDate);
-
-impl fmt::Display for Day {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T00:00:00Z",
-            self.0.year(),
-            self.0.month(),
-            self.0.day()
-        )
-    }
-}
-
-impl Serialize for Day {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
     }
 }
 
@@ -640,18 +518,6 @@ mod tests {
 
     fn date(value: &str) -> Result<NaiveDate, String> {
         parse_date("starting_date", value).map_err(|err| err.to_string())
-    }
-
-    #[test]
-    fn model_metrics_keep_the_contracts_key_order() {
-        let stored = serde_json::json!([
-            {"count": 2, "model_id": "gpt-4o", "model_provider": "OpenAI"},
-            {"count": 1, "model_id": "claude", "model_provider": ""},
-        ]);
-        assert_eq!(
-            serde_json::to_string(&Models(&stored)).unwrap(),
-            r#"[{"model_id":"gpt-4o","model_provider":"OpenAI","count":2},{"model_id":"claude","model_provider":"","count":1}]"#
-        );
     }
 
     #[test]
@@ -721,52 +587,5 @@ mod tests {
                 .to_string(),
             "Invalid user_id: at most 256 characters"
         );
-    }
-
-    #[test]
-    fn costs_render_with_every_digit_as_a_json_float() {
-        for (stored, rendered) in [
-            ("0", "0.0"),
-            ("0.000", "0.0"),
-            ("12", "12.0"),
-            ("1200.00", "1200.0"),
-            ("0.25", "0.25"),
-            ("0.3", "0.3"),
-            ("0.000001", "0.000001"),
-            ("0.0000001", "1e-7"),
-            ("0.00000012", "1.2e-7"),
-            ("123456789012345678901", "123456789012345678901.0"),
-            ("1234567890123456789012", "1.234567890123456789012e21"),
-            (
-                "12345678901234567890.123456789",
-                "12345678901234567890.123456789",
-            ),
-            (
-                "340000000000000000000000000000000000000000000000000000000000000000000000000000\
-                 000000000000000000000000000000000000000000000000000000000000000000000000000000\
-                 000000000000000000000000000000000000000000000000000000000000000000000000000000\
-                 000000000000000000000000000000000000000000000000000000000000000000000000000",
-                "3.4e308",
-            ),
-            (
-                "340000000000000000000000.5",
-                "3.400000000000000000000005e23",
-            ),
-            ("-2.5", "-2.5"),
-        ] {
-            let value: BigDecimal = stored.parse().unwrap();
-            let text = decimal_number(&value);
-            assert_eq!(text, rendered, "{stored}");
-            // A JSON number in a float's shape, and the same decimal value.
-            assert!(serde_json::from_str::<&serde_json::value::RawValue>(&text).is_ok());
-            assert!(text.contains(['.', 'e']), "{text}");
-            assert_eq!(text.parse::<BigDecimal>().unwrap(), value, "{stored}");
-        }
-    }
-
-    #[test]
-    fn days_render_at_utc_midnight() {
-        let day = Day(NaiveDate::from_ymd_opt(812, 3, 4).unwrap());
-        assert_eq!(day.to_string(), "0812-03-04T00:00:00Z");
     }
 }

@@ -58,7 +58,8 @@ async fn bodies_are_byte_for_byte_the_renderers_for_all_users_and_each_user() {
             session("s3", "2025-08-01T10:00:00Z", Workflow, Some("carol")),
         ],
     );
-    // Costs and models at the edges of their rendering, set by hand: the stored JSON follows.
+    // Costs and models at the edges of their rendering, set by hand; a hand edit leaves the rows
+    // without rendered JSON (the service renders them itself), until they are rendered again.
     let mut conn = db.connect();
     diesel::sql_query(
         "UPDATE daily_metrics SET cost = CASE date \
@@ -68,12 +69,30 @@ async fn bodies_are_byte_for_byte_the_renderers_for_all_users_and_each_user() {
              ELSE 0 END, \
          model_metrics = CASE WHEN date = '2025-08-01' THEN \
              '[{\"model_id\":\"a\\u001fb\",\"model_provider\":\"\\t\\n\\\"\",\"count\":12345678901}]' \
-             ELSE model_metrics END",
+             ELSE model_metrics END, rendered = NULL",
     )
     .execute(&mut conn)
     .unwrap();
-    let app = TestApp::spawn(settings(db.url()));
+    assert_bodies(&db, &mut conn).await;
+    // Rendered and stored: the same bytes, joined by the database (a new service, so that no
+    // cached body answers).
+    let table =
+        metrics_aggregator::register_table(&mut conn, &"agno_metrics".parse().unwrap()).unwrap();
+    metrics_aggregator::render_unrendered(&mut conn, table, DateRange::default()).unwrap();
+    let unrendered: i64 = diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM daily_metrics WHERE rendered IS NULL) \
+         + (SELECT count(*) FROM user_daily_metrics WHERE rendered IS NULL)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(unrendered, 0);
+    assert_bodies(&db, &mut conn).await;
+}
 
+/// Every body of a few ranges, all users' and each user's, is what the renderer writes from the
+/// decoded rows.
+async fn assert_bodies(db: &TestDatabase, conn: &mut diesel::PgConnection) {
+    let app = TestApp::spawn(settings(db.url()));
     for (query, range) in [
         ("", DateRange::default()),
         (
@@ -91,16 +110,15 @@ async fn bodies_are_byte_for_byte_the_renderers_for_all_users_and_each_user() {
             },
         ),
     ] {
-        let expected = body(&metrics_aggregator::read(&mut conn, "agno_metrics", range).unwrap());
+        let expected = body(&metrics_aggregator::read(conn, "agno_metrics", range).unwrap());
         for _ in 0..2 {
             let reply = app.get(&format!("/metrics?{query}"), &[]).await;
             assert_eq!(reply.status.as_u16(), 200);
             assert_eq!(String::from_utf8(reply.body).unwrap(), expected, "{query}");
         }
         for user in ["alice", "bob\u{7f}", "carol", "", "nobody"] {
-            let expected = body(
-                &metrics_aggregator::read_user(&mut conn, "agno_metrics", user, range).unwrap(),
-            );
+            let expected =
+                body(&metrics_aggregator::read_user(conn, "agno_metrics", user, range).unwrap());
             let user_id = serde_urlencoded::to_string([("user_id", user)]).unwrap();
             let reply = app.get(&format!("/metrics?{query}&{user_id}"), &[]).await;
             assert_eq!(reply.status.as_u16(), 200);
