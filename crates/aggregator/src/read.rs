@@ -2,10 +2,10 @@
 //! whole pages ([`read`], [`read_user`]) or row by row ([`stream`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
+use diesel::connection::DefaultLoadingMode;
 use diesel::dsl::max;
 use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Date, Nullable, Text};
 use metrics_events::{MAX_DATE, MIN_DATE};
 
 use crate::models::{DailyMetrics, UserDailyMetrics};
@@ -108,12 +108,15 @@ pub fn read_rows(
     }
 }
 
-/// The rows of [`read_rows`] as the JSON their writer rendered for each
-/// ([`render_day`](crate::render_day)), joined by commas in date order by PostgreSQL: a read
-/// that decodes nothing. `None` when a row of the range has no rendered JSON yet (it was
-/// written before the column existed, or recomputed by a rebuild that has not rendered it):
-/// the caller then reads the rows themselves ([`read_rows`]). `Some("")` when there are no
-/// rows.
+/// Appends to `out` the rows of [`read_rows`] as the JSON their writer rendered for each
+/// ([`render_day`](crate::render_day)), joined by commas, in date order: a read that decodes
+/// nothing. Returns `false`, with `out` as it was, when a row of the range has no rendered JSON
+/// yet (it was written before the column existed, or recomputed by a rebuild that has not
+/// rendered it): the caller then reads the rows themselves ([`read_rows`]).
+///
+/// The rows come back one text each, in the order of the primary key's range scan, and are
+/// joined here: joining them in PostgreSQL (`string_agg`) sorts them again and grows one large
+/// text, which costs the database more than the whole scan.
 ///
 /// # Errors
 ///
@@ -123,47 +126,38 @@ pub fn read_rendered(
     table: &str,
     user: Option<&str>,
     range: DateRange,
-) -> QueryResult<Option<String>> {
+    out: &mut Vec<u8>,
+) -> QueryResult<bool> {
     let (start, end) = bounds(range);
-    let joined: Joined = match user {
-        None => diesel::sql_query(JOIN_ALL_USERS)
-            .bind::<Text, _>(table)
-            .bind::<Date, _>(start)
-            .bind::<Date, _>(end)
-            .get_result(conn)?,
-        Some(user) if user.contains('\0') => return Ok(Some(String::new())),
-        Some(user) => diesel::sql_query(JOIN_USER)
-            .bind::<Text, _>(table)
-            .bind::<Text, _>(user)
-            .bind::<Date, _>(start)
-            .bind::<Date, _>(end)
-            .get_result(conn)?,
+    let rows = match user {
+        None => daily_metrics::table
+            .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
+            .filter(daily_metrics::date.between(start, end))
+            .select(daily_metrics::rendered)
+            .order(daily_metrics::date.asc())
+            .load_iter::<Option<String>, DefaultLoadingMode>(conn)?,
+        Some(user) if user.contains('\0') => return Ok(true),
+        Some(user) => user_daily_metrics::table
+            .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
+            .filter(user_daily_metrics::user_id.eq(user))
+            .filter(user_daily_metrics::date.between(start, end))
+            .select(user_daily_metrics::rendered)
+            .order(user_daily_metrics::date.asc())
+            .load_iter::<Option<String>, DefaultLoadingMode>(conn)?,
     };
-    Ok((joined.missing == 0).then(|| joined.rows.unwrap_or_default()))
+    let from = out.len();
+    for row in rows {
+        let Some(rendered) = row? else {
+            out.truncate(from);
+            return Ok(false);
+        };
+        if out.len() > from {
+            out.push(b',');
+        }
+        out.extend_from_slice(rendered.as_bytes());
+    }
+    Ok(true)
 }
-
-/// What [`read_rendered`]'s statements return: the rendered rows joined, and how many rows have
-/// none.
-#[derive(QueryableByName)]
-struct Joined {
-    #[diesel(sql_type = Nullable<Text>)]
-    rows: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    missing: i64,
-}
-
-/// $1 the table's name, $2 and $3 the inclusive range: one index range scan (the table's id as a
-/// scalar subquery, see [`table_id`]). One statement text for every range, kept prepared.
-const JOIN_ALL_USERS: &str = "SELECT string_agg(rendered, ',' ORDER BY date) AS rows, \
-     count(*) - count(rendered) AS missing FROM daily_metrics \
-     WHERE table_id = (SELECT id FROM metrics_tables WHERE name = $1) \
-     AND date BETWEEN $2 AND $3";
-
-/// As [`JOIN_ALL_USERS`], for user $2 and the range $3 to $4.
-const JOIN_USER: &str = "SELECT string_agg(rendered, ',' ORDER BY date) AS rows, \
-     count(*) - count(rendered) AS missing FROM user_daily_metrics \
-     WHERE table_id = (SELECT id FROM metrics_tables WHERE name = $1) \
-     AND user_id = $2 AND date BETWEEN $3 AND $4";
 
 /// Like [`read`] (`user`: `None`) or [`read_user`] (`Some`), but hands the rows to `each` one
 /// at a time, ascending by date, as PostgreSQL sends them (libpq's single-row mode): memory

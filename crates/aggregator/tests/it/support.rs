@@ -112,7 +112,10 @@ pub fn stored_and_rendered(conn: &mut PgConnection, table: &str) -> Vec<(Option<
         .chain(users.iter().map(|user| Some(user.as_str())))
         .map(|user| {
             let range = metrics_aggregator::DateRange::default();
-            let stored = metrics_aggregator::read_rendered(conn, table, user, range).unwrap();
+            let mut stored = Vec::new();
+            let stored = metrics_aggregator::read_rendered(conn, table, user, range, &mut stored)
+                .unwrap()
+                .then(|| String::from_utf8(stored).unwrap());
             let rendered: Vec<String> = metrics_aggregator::read_rows(conn, table, user, range)
                 .unwrap()
                 .iter()
