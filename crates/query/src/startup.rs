@@ -221,9 +221,19 @@ impl Application {
         })
         .disable_signals()
         .shutdown_timeout(settings.http.shutdown_timeout.as_secs().max(1));
-        if settings.http.workers > 0 {
-            api = api.workers(settings.http.workers);
-        }
+        let workers = match settings.http.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            workers => workers,
+        };
+        // Every database read runs on a worker's blocking threads and holds a pooled connection
+        // while it does: more threads than connections would only queue for one, each with a
+        // malloc arena of its own that keeps the memory of the bodies it built.
+        let connections = usize::try_from(settings.pool_size)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(settings.databases.len());
+        api = api
+            .workers(workers)
+            .worker_max_blocking_threads(connections.div_ceil(workers).max(2));
         let api = api.listen(listener)?.run();
 
         let admin_listener = TcpListener::bind(settings.admin.listen)
