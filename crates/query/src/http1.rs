@@ -401,29 +401,25 @@ impl Responses {
                     }
                     None => self.framing = Framing::Opaque,
                 },
-                Framing::Head => {
-                    // A head ends at its first empty line.
-                    let searched = self.head.len().saturating_sub(3);
-                    self.head.extend_from_slice(bytes);
-                    let end = self.head[searched..]
-                        .windows(4)
-                        .position(|window| window == b"\r\n\r\n")
-                        .map(|at| searched + at + 4);
-                    match end {
-                        Some(end) => {
-                            let rest = self.head.split_off(end);
-                            bytes = &bytes[bytes.len() - rest.len()..];
-                            let head = self.head.split();
-                            self.end_head(&head, requests, out);
-                        }
-                        None if self.head.len() > MAX_RESPONSE_HEAD => {
+                Framing::Head => match head_end(&self.head, bytes) {
+                    Some(end) => {
+                        let mut head = std::mem::take(&mut self.head);
+                        head.extend_from_slice(&bytes[..end]);
+                        bytes = &bytes[end..];
+                        self.end_head(&head, requests, out);
+                        // The next head reuses the buffer.
+                        head.clear();
+                        self.head = head;
+                    }
+                    None => {
+                        self.head.extend_from_slice(bytes);
+                        if self.head.len() > MAX_RESPONSE_HEAD {
                             out.extend_from_slice(&self.head.split());
                             self.framing = Framing::Opaque;
-                            return;
                         }
-                        None => return,
+                        return;
                     }
-                }
+                },
             }
         }
     }
@@ -516,6 +512,22 @@ impl Responses {
             _ => None,
         }
     }
+}
+
+/// Where in `bytes` the head begun with `before` ends: just past its first empty line, which
+/// may straddle the two.
+fn head_end(before: &[u8], bytes: &[u8]) -> Option<usize> {
+    const END: &[u8] = b"\r\n\r\n";
+    (1..END.len())
+        .filter(|&split| before.ends_with(&END[..split]) && bytes.starts_with(&END[split..]))
+        .map(|split| END.len() - split)
+        .min()
+        .or_else(|| {
+            bytes
+                .windows(END.len())
+                .position(|window| window == END)
+                .map(|at| at + END.len())
+        })
 }
 
 /// Writes `head` with `error`'s body: the status line and headers as they are, except the

@@ -168,6 +168,22 @@ async fn a_malformed_head_is_a_bad_request_with_the_contract_body() {
 }
 
 #[actix_web::test]
+async fn the_answer_to_a_malformed_head_survives_bytes_sent_after_it() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+    let mut connection = Connection::open(&app).await;
+    // More than the service reads before it answers: were the socket closed with them unread,
+    // the connection would be reset, and the answer could be lost with it.
+    let mut request = MALFORMED[0].0.as_bytes().to_vec();
+    request.resize(8 * MAX_HEAD_BYTES, b'a');
+    connection.send(&request).await;
+    let response = connection.response(false).await;
+    assert_eq!(response.contract(), (400, JSON, malformed_head()));
+    connection.assert_closed().await;
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn a_head_over_the_limit_is_431_with_the_contract_body() {
     let db = TestDatabase::migrated();
     let app = TestApp::spawn(settings(db.url()));
