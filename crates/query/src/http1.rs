@@ -21,9 +21,12 @@
 //!   decoder). Everything but such an error head passes byte for byte. When the framing cannot
 //!   be followed (a body delimited by the connection's close, a head that does not parse), the
 //!   rest of the connection passes unchanged.
-//! - Backpressure is kept: bytes are taken from the dispatcher only once the previous ones are
-//!   in the socket, so at most one write of the dispatcher waits here; flush and shutdown write
-//!   them first.
+//! - Every other byte goes from the dispatcher's buffer straight to the socket, in writes as
+//!   large as the dispatcher's, as without this stream: responses are followed, not copied.
+//!   Only a rewritten error (and a head not whole in one write, which actix-http does not
+//!   write) is copied, into a buffer that must be empty before anything more is taken (flush
+//!   and shutdown empty it first). This relies on what `AsyncWrite` callers do and actix-http's
+//!   dispatcher does: bytes the socket did not take are written again, first.
 //! - Nothing taken is lost: the dispatcher drops a connection right after its own error without
 //!   waiting for the socket, so a stream dropped with bytes still to write, or after such an
 //!   error, is closed gracefully in the background (write, shut down, read until the client
@@ -43,7 +46,6 @@ use actix_http::h1::{Codec, Message};
 use actix_http::{HttpService, KeepAlive, Method, Request, Response, ServiceConfig};
 use actix_server::Server;
 use actix_service::{IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, map_config};
-use actix_web::ResponseError;
 use actix_web::dev::{AppConfig, fn_service};
 use actix_web::rt::net::TcpStream;
 use bytes::{Buf, BytesMut};
@@ -158,8 +160,12 @@ pub struct ContractStream {
     io: Option<TcpStream>,
     requests: Requests,
     responses: Responses,
-    /// Bytes taken from the dispatcher, not yet in the socket.
+    /// Bytes taken from the dispatcher, not yet in the socket: rewritten errors, and heads
+    /// that were not whole in one write.
     out: BytesMut,
+    /// How many of the next bytes written were followed already and pass unchanged (the
+    /// dispatcher writes again, first, what the socket did not take).
+    owed: usize,
     /// Whether the dispatcher shut the socket's write side down.
     shut_down: bool,
     /// Longest [`close_gracefully`] takes.
@@ -175,6 +181,7 @@ impl ContractStream {
             requests: Requests::new(config),
             responses: Responses::new(settings.client_request_timeout),
             out: BytesMut::new(),
+            owed: 0,
             shut_down: false,
             linger: settings.client_disconnect_timeout,
         }
@@ -224,13 +231,30 @@ impl AsyncWrite for ContractStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_write_out(cx))?;
-        this.responses.take(buf, &mut this.requests, &mut this.out);
-        // Start writing now; what the socket does not take yet goes before the next write, at
-        // the flush the dispatcher follows its writes with, or when the stream is dropped.
-        if let Poll::Ready(Err(err)) = this.poll_write_out(cx) {
-            return Poll::Ready(Err(err));
+        if this.owed == 0 {
+            match this
+                .responses
+                .follow(buf, &mut this.requests, &mut this.out)
+            {
+                Step::Pass(unchanged) => this.owed = unchanged,
+                Step::Took(taken) => {
+                    // Start writing now; what the socket does not take yet goes before the
+                    // next write, at the flush that follows, or when the stream is dropped.
+                    if let Poll::Ready(Err(err)) = this.poll_write_out(cx) {
+                        return Poll::Ready(Err(err));
+                    }
+                    return Poll::Ready(Ok(taken));
+                }
+            }
         }
-        Poll::Ready(Ok(buf.len()))
+        // Bytes already followed pass as they are, in writes as large as the dispatcher's.
+        let unchanged = this.owed.min(buf.len());
+        if unchanged == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let written = ready!(this.io()?.poll_write(cx, &buf[..unchanged]))?;
+        this.owed -= written;
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -349,6 +373,28 @@ enum Framing {
     Opaque,
 }
 
+/// What [`Responses::follow`] did with the bytes written.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Their first `n` pass unchanged.
+    Pass(usize),
+    /// Their first `n` were taken into `out`.
+    Took(usize),
+}
+
+/// What a whole response head is.
+#[derive(Debug)]
+enum Kind {
+    /// The dispatcher's own error: the bytes to send instead.
+    Rewrite(Vec<u8>),
+    /// An interim (1xx) response.
+    Interim,
+    /// A final response, with the framing of its body (unless it answers a `HEAD`).
+    Final(Framing),
+    /// Not a head this stream can follow.
+    Unknown,
+}
+
 /// The longest response head followed; a longer one turns the connection [`Framing::Opaque`].
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -374,54 +420,75 @@ impl Responses {
         }
     }
 
-    /// Follows `bytes` written by the dispatcher and puts what goes to the socket in `out`.
-    fn take(&mut self, mut bytes: &[u8], requests: &mut Requests, out: &mut BytesMut) {
-        while !bytes.is_empty() {
+    /// Follows `bytes` written by the dispatcher: either a first part that passes unchanged,
+    /// or bytes taken into `out` (a dispatcher error rewritten, a head not whole in one write).
+    fn follow(&mut self, bytes: &[u8], requests: &mut Requests, out: &mut BytesMut) -> Step {
+        let mut at = 0;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
             match &mut self.framing {
-                Framing::Opaque => {
-                    out.extend_from_slice(bytes);
-                    return;
-                }
+                Framing::Opaque => at = bytes.len(),
                 Framing::Sized(left) => {
-                    let taken = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
-                    out.extend_from_slice(&bytes[..taken]);
+                    let taken = usize::try_from(*left).map_or(rest.len(), |l| l.min(rest.len()));
                     *left -= taken as u64;
                     if *left == 0 {
                         self.framing = Framing::Head;
                     }
-                    bytes = &bytes[taken..];
+                    at += taken;
                 }
-                Framing::Chunked(chunked) => match chunked.take(bytes) {
+                Framing::Chunked(chunked) => match chunked.take(rest) {
                     Some((taken, ended)) => {
-                        out.extend_from_slice(&bytes[..taken]);
+                        at += taken;
                         if ended {
                             self.framing = Framing::Head;
                         }
-                        bytes = &bytes[taken..];
                     }
                     None => self.framing = Framing::Opaque,
                 },
-                Framing::Head => match head_end(&self.head, bytes) {
-                    Some(end) => {
-                        let mut head = std::mem::take(&mut self.head);
-                        head.extend_from_slice(&bytes[..end]);
-                        bytes = &bytes[end..];
-                        self.end_head(&head, requests, out);
-                        // The next head reuses the buffer.
-                        head.clear();
-                        self.head = head;
-                    }
-                    None => {
-                        self.head.extend_from_slice(bytes);
-                        if self.head.len() > MAX_RESPONSE_HEAD {
-                            out.extend_from_slice(&self.head.split());
-                            self.framing = Framing::Opaque;
+                Framing::Head => {
+                    let held = !self.head.is_empty();
+                    match head_end(&self.head, rest) {
+                        Some(end) if !held => {
+                            let kind = self.classify(&rest[..end]);
+                            if matches!(kind, Kind::Rewrite(_)) && at > 0 {
+                                return Step::Pass(at);
+                            }
+                            match self.apply(kind, requests) {
+                                Some(rewritten) => {
+                                    out.extend_from_slice(&rewritten);
+                                    return Step::Took(end);
+                                }
+                                None => at += end,
+                            }
                         }
-                        return;
+                        // A head not whole in one write (actix-http writes them whole): held
+                        // until it is, then written from `out`.
+                        _ if at > 0 => return Step::Pass(at),
+                        Some(end) => {
+                            let mut head = std::mem::take(&mut self.head);
+                            head.extend_from_slice(&rest[..end]);
+                            let kind = self.classify(&head);
+                            match self.apply(kind, requests) {
+                                Some(rewritten) => out.extend_from_slice(&rewritten),
+                                None => out.extend_from_slice(&head),
+                            }
+                            head.clear();
+                            self.head = head;
+                            return Step::Took(end);
+                        }
+                        None => {
+                            self.head.extend_from_slice(rest);
+                            if self.head.len() > MAX_RESPONSE_HEAD {
+                                out.extend_from_slice(&self.head.split());
+                                self.framing = Framing::Opaque;
+                            }
+                            return Step::Took(rest.len());
+                        }
                     }
-                },
+                }
             }
         }
+        Step::Pass(at)
     }
 
     /// A flush with a head not yet whole: actix-http encodes heads whole, so this is not its
@@ -433,9 +500,8 @@ impl Responses {
         }
     }
 
-    /// Writes the whole response head `head` (or its rewrite) to `out` and sets the framing of
-    /// what follows.
-    fn end_head(&mut self, head: &[u8], requests: &mut Requests, out: &mut BytesMut) {
+    /// What the whole response head `head` is.
+    fn classify(&self, head: &[u8]) -> Kind {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut response = httparse::Response::new(&mut headers);
         let code = match response.parse(head) {
@@ -443,19 +509,15 @@ impl Responses {
             _ => None,
         };
         let Some(code) = code else {
-            out.extend_from_slice(head);
-            self.framing = Framing::Opaque;
-            return;
+            return Kind::Unknown;
         };
         if (100..200).contains(&code) {
             // Interim: the final response follows (101 hands the connection over).
-            out.extend_from_slice(head);
-            self.framing = if code == 101 {
-                Framing::Opaque
+            return if code == 101 {
+                Kind::Unknown
             } else {
-                Framing::Head
+                Kind::Interim
             };
-            return;
         }
         let mut length = Some(None);
         let mut chunked = false;
@@ -473,24 +535,17 @@ impl Responses {
                     .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
         }
-        let answers_head = requests.next_is_head();
         let Some(length) = length else {
             // A content-length that does not parse: not actix-http's.
-            out.extend_from_slice(head);
-            self.framing = Framing::Opaque;
-            return;
+            return Kind::Unknown;
         };
         if !chunked
             && length == Some(0)
             && let Some(error) = self.dispatcher_error(code)
         {
-            rewrite(head, &response, &error, out);
-            self.framing = Framing::Head;
-            self.closing = true;
-            return;
+            return Kind::Rewrite(rewrite(head, &response, &error));
         }
-        out.extend_from_slice(head);
-        self.framing = if answers_head || code == 204 || code == 304 {
+        Kind::Final(if code == 204 || code == 304 {
             Framing::Head
         } else if chunked {
             Framing::Chunked(Chunked::default())
@@ -500,7 +555,24 @@ impl Responses {
                 Some(length) => Framing::Sized(length),
                 None => Framing::Opaque,
             }
+        })
+    }
+
+    /// Sets the framing of what follows a head of `kind`; returns its rewrite, if any.
+    fn apply(&mut self, kind: Kind, requests: &mut Requests) -> Option<Vec<u8>> {
+        self.framing = match kind {
+            Kind::Rewrite(rewritten) => {
+                self.framing = Framing::Head;
+                self.closing = true;
+                return Some(rewritten);
+            }
+            Kind::Interim => Framing::Head,
+            // Only final responses answer requests.
+            Kind::Final(_) if requests.next_is_head() => Framing::Head,
+            Kind::Final(framing) => framing,
+            Kind::Unknown => Framing::Opaque,
         };
+        None
     }
 
     /// The error a bodiless response with status `code` is, if the dispatcher writes it.
@@ -530,15 +602,11 @@ fn head_end(before: &[u8], bytes: &[u8]) -> Option<usize> {
         })
 }
 
-/// Writes `head` with `error`'s body: the status line and headers as they are, except the
-/// framing and connection headers, which say what is sent now.
-fn rewrite(
-    head: &[u8],
-    response: &httparse::Response<'_, '_>,
-    error: &ApiError,
-    out: &mut BytesMut,
-) {
+/// `head` with `error`'s body: the status line and headers as they are, except the framing
+/// and connection headers, which say what is sent now.
+fn rewrite(head: &[u8], response: &httparse::Response<'_, '_>, error: &ApiError) -> Vec<u8> {
     let body = error.to_json();
+    let mut out = Vec::with_capacity(head.len() + 96 + body.len());
     let status_line = head
         .windows(2)
         .position(|window| window == b"\r\n")
@@ -568,10 +636,7 @@ fn rewrite(
         .as_bytes(),
     );
     out.extend_from_slice(&body);
-    debug_assert_eq!(
-        error.status_code().as_u16(),
-        response.code.unwrap_or_default()
-    );
+    out
 }
 
 /// Where a chunked body (RFC 9112 §7.1) stands.
@@ -685,7 +750,19 @@ mod tests {
         let mut out = BytesMut::new();
         let mut from = 0;
         for &cut in cuts.iter().chain([written.len()].iter()) {
-            responses.take(&written.as_bytes()[from..cut], &mut reqs, &mut out);
+            // What the stream does with one write, until it took all of it.
+            let mut write = &written.as_bytes()[from..cut];
+            while !write.is_empty() {
+                let taken = match responses.follow(write, &mut reqs, &mut out) {
+                    Step::Pass(unchanged) => {
+                        out.extend_from_slice(&write[..unchanged]);
+                        unchanged
+                    }
+                    Step::Took(taken) => taken,
+                };
+                assert!(taken > 0, "no progress");
+                write = &write[taken..];
+            }
             from = cut;
         }
         responses.flush(&mut out);
@@ -812,7 +889,7 @@ mod tests {
             ),
             format!("not a head\r\n\r\n{}", bad_request()),
         ] {
-            assert_eq!(out("", &written, &[]), written);
+            assert_eq!(out_cut_anywhere("", &written), written);
         }
     }
 }
