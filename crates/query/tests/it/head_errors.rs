@@ -7,7 +7,7 @@ use metrics_query::error::{MAX_HEAD_BYTES, MAX_HEADERS};
 use metrics_test_support::TestDatabase;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::{TestApp, error, settings};
 
@@ -50,6 +50,18 @@ impl Connection {
         let address = app.api.trim_start_matches("http://");
         Self {
             stream: TcpStream::connect(address).await.unwrap(),
+            read: Vec::new(),
+        }
+    }
+
+    /// A connection that takes answers in slowly: a receive buffer of `bytes`, so that the
+    /// service's writes fill the socket and are only partly taken.
+    async fn open_narrow(app: &TestApp, bytes: u32) -> Self {
+        let address = app.api.trim_start_matches("http://").parse().unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        Self {
+            stream: socket.connect(address).await.unwrap(),
             read: Vec::new(),
         }
     }
@@ -310,6 +322,37 @@ async fn pipelined_requests_are_answered_in_order_up_to_a_malformed_one() {
     let third = connection.response(false).await;
     assert_eq!((third.status, &third.body), (200, &first.body));
     // Nothing is answered after the malformed request.
+    assert_eq!(
+        connection.response(false).await.contract(),
+        (400, JSON, malformed_head())
+    );
+    connection.assert_closed().await;
+    app.stop().await;
+}
+
+/// How many answers of 27 KB the narrow connection asks for at once: more than the service's
+/// socket buffers hold (a few MiB), so its writes are taken in parts.
+const ANSWERS: usize = 200;
+
+#[actix_web::test]
+async fn answers_the_socket_takes_in_parts_are_followed_up_to_a_malformed_request() {
+    let db = TestDatabase::migrated();
+    let app = TestApp::spawn(settings(db.url()));
+    let mut connection = Connection::open_narrow(&app, 4096).await;
+    let mut pipeline = vec![get("/openapi.json"); ANSWERS];
+    pipeline.extend([get("/nowhere"), MALFORMED[0].0.to_owned(), get("/nowhere")]);
+    connection.send(pipeline.concat().as_bytes()).await;
+
+    let first = connection.response(false).await;
+    assert_eq!((first.status, first.header("content-type")), (200, JSON));
+    for _ in 1..ANSWERS {
+        let next = connection.response(false).await;
+        assert_eq!((next.status, &next.body), (200, &first.body));
+    }
+    assert_eq!(
+        connection.response(false).await.contract(),
+        (404, JSON, error("Not found", "NOT_FOUND"))
+    );
     assert_eq!(
         connection.response(false).await.contract(),
         (400, JSON, malformed_head())
