@@ -3,10 +3,15 @@
 //! with a generic detail, its cause logged once here and never sent to the client.
 //!
 //! [`contract_errors`] gives the errors actix-web answers by itself (an extractor's 400, a
-//! payload's 413 or 415) the same body. The 400, 408 and 431 that actix-http writes before a
-//! request reaches the application (a malformed request head, a head not received within the
-//! client timeout, a head larger than its buffer) keep actix-http's empty body: its h1 dispatcher
-//! builds them inline with no hook to replace them, so only a proxy in front could.
+//! payload's 413 or 415) the same body. The 400, 408 and 431 that actix-http's HTTP/1 dispatcher
+//! writes before a request reaches the application (a malformed request head, a head not
+//! received within the client request timeout, a head over its buffer or with too many headers)
+//! are [`ApiError::MalformedHead`], [`ApiError::HeadTimeout`] and [`ApiError::HeadTooLarge`]: the
+//! dispatcher builds them inline with an empty body and no hook to replace it, so the API
+//! listener's connections rewrite them on their way out (`crate::http1`).
+
+use std::borrow::Cow;
+use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -44,7 +49,25 @@ pub enum ApiError {
     /// 500 `INTERNAL_SERVER_ERROR`: the database failed or did not answer in time.
     #[error("reading metrics failed")]
     Internal(#[source] anyhow::Error),
+    /// 400 `BAD_REQUEST`, answered by actix-http: a request line or header that does not parse.
+    #[error("malformed request head")]
+    MalformedHead,
+    /// 408 `REQUEST_TIMEOUT`, answered by actix-http: no whole request head within the client
+    /// request timeout (the duration) of the connection's start.
+    #[error("request head not received in time")]
+    HeadTimeout(Duration),
+    /// 431 `REQUEST_HEADER_FIELDS_TOO_LARGE`, answered by actix-http: a request head of
+    /// [`MAX_HEAD_BYTES`] or more, or with more than [`MAX_HEADERS`] headers.
+    #[error("request head too large")]
+    HeadTooLarge,
 }
+
+/// The size from which actix-http refuses a request head that is not yet whole (its h1
+/// decoder's `MAX_BUFFER_SIZE`).
+pub const MAX_HEAD_BYTES: usize = 131_072;
+
+/// The most headers actix-http parses in a request head (its h1 decoder's `MAX_HEADERS`).
+pub const MAX_HEADERS: usize = 96;
 
 /// The contract's error body.
 #[derive(Debug, Serialize)]
@@ -67,11 +90,24 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::Validation(_) => "VALIDATION_ERROR",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
+            ApiError::MalformedHead => "BAD_REQUEST",
+            ApiError::HeadTimeout(_) => "REQUEST_TIMEOUT",
+            ApiError::HeadTooLarge => "REQUEST_HEADER_FIELDS_TOO_LARGE",
         }
     }
 
-    fn detail(&self) -> &str {
-        match self {
+    /// The contract's body of this error, as it is sent.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Two strings always serialise.
+        serde_json::to_vec(&ErrorBody {
+            detail: &self.detail(),
+            error_code: self.code(),
+        })
+        .unwrap_or_default()
+    }
+
+    fn detail(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
             ApiError::BadRequest(detail)
             | ApiError::NotFound(detail)
             | ApiError::Validation(detail) => detail,
@@ -79,7 +115,19 @@ impl ApiError {
             ApiError::Forbidden => "Insufficient permissions",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::Internal(_) => INTERNAL_DETAIL,
-        }
+            ApiError::MalformedHead => {
+                "Malformed request: its request line or a header could not be parsed"
+            }
+            ApiError::HeadTimeout(timeout) => {
+                return Cow::Owned(format!(
+                    "The request head was not received within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+            ApiError::HeadTooLarge => {
+                "The request head is 128 KiB or more, or has more than 96 headers"
+            }
+        })
     }
 }
 
@@ -93,6 +141,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MalformedHead => StatusCode::BAD_REQUEST,
+            ApiError::HeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -113,7 +164,7 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(ErrorBody {
-            detail: self.detail(),
+            detail: &self.detail(),
             error_code: self.code(),
         })
     }
@@ -222,12 +273,28 @@ mod tests {
                 500,
                 r#"{"detail":"Failed to retrieve metrics","error_code":"INTERNAL_SERVER_ERROR"}"#,
             ),
+            (
+                ApiError::MalformedHead,
+                400,
+                r#"{"detail":"Malformed request: its request line or a header could not be parsed","error_code":"BAD_REQUEST"}"#,
+            ),
+            (
+                ApiError::HeadTimeout(Duration::from_millis(5000)),
+                408,
+                r#"{"detail":"The request head was not received within 5000 ms","error_code":"REQUEST_TIMEOUT"}"#,
+            ),
+            (
+                ApiError::HeadTooLarge,
+                431,
+                r#"{"detail":"The request head is 128 KiB or more, or has more than 96 headers","error_code":"REQUEST_HEADER_FIELDS_TOO_LARGE"}"#,
+            ),
         ];
         for (error, status, body) in cases {
             assert_eq!(
                 render(&error),
                 (StatusCode::from_u16(status).unwrap(), body.to_owned())
             );
+            assert_eq!(String::from_utf8(error.to_json()).unwrap(), body);
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`routes`]: `GET /metrics`, `POST /metrics/refresh`, `GET /metrics/refresh/status`,
 //!   `GET /openapi.json`, the dashboard (`/dashboard`), and the 404 and 405 fallbacks.
 //! - [`error`]: [`ApiError`], the contract's `{"detail", "error_code"}` bodies.
+//! - [`http1`]: the API listener's HTTP/1 server, whose connections give the errors actix-http
+//!   answers by itself (a malformed, late or oversized request head) the same bodies.
 //! - [`auth`]: the bearer key and JWT scope checks; [`jwt`] verifies JWTs.
 //! - [`cache`]: rendered responses reused while their table is unchanged; [`listener`] learns
 //!   of every committed change through PostgreSQL's `LISTEN`/`NOTIFY`.
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod http1;
 pub mod jwt;
 pub mod listener;
 pub mod routes;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, Error, HttpServer, web};
+use actix_web::{App, Error, web};
 use anyhow::Context;
 use metrics_aggregator::{ConnectionLimits, Pool, TableName};
 use metrics_service::truncated;
@@ -22,6 +22,7 @@ use crate::admin;
 use crate::cache::PageCache;
 use crate::config::Settings;
 use crate::error::{self, ApiError};
+use crate::http1;
 use crate::jwt::JwtVerifier;
 use crate::routes;
 use crate::telemetry::Metrics;
@@ -190,7 +191,25 @@ impl Application {
         let listener = TcpListener::bind(settings.http.listen)
             .with_context(|| format!("binding the API listener to {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
-        let mut api = HttpServer::new(move || {
+        let workers = match settings.http.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            workers => workers,
+        };
+        // Every database read runs on a worker's blocking threads and holds a pooled connection
+        // while it does: more threads than connections would only queue for one, each with a
+        // malloc arena of its own that keeps the memory of the bodies it built.
+        let connections = usize::try_from(settings.pool_size)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(settings.databases.len());
+        let server = http1::ServerSettings {
+            workers,
+            max_blocking_threads: connections.div_ceil(workers).max(2),
+            shutdown_timeout: settings.http.shutdown_timeout,
+            ..http1::ServerSettings::default()
+        };
+        // Not `HttpServer`: its connections cannot be wrapped, and the API listener's are, to
+        // give actix-http's own 400, 408 and 431 the contract's body (`crate::http1`).
+        let api = http1::server(listener, server, move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(error::contract_errors))
@@ -218,23 +237,7 @@ impl Application {
                 )
                 .configure(routes::dashboard::configure)
                 .default_service(web::to(routes::not_found))
-        })
-        .disable_signals()
-        .shutdown_timeout(settings.http.shutdown_timeout.as_secs().max(1));
-        let workers = match settings.http.workers {
-            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            workers => workers,
-        };
-        // Every database read runs on a worker's blocking threads and holds a pooled connection
-        // while it does: more threads than connections would only queue for one, each with a
-        // malloc arena of its own that keeps the memory of the bodies it built.
-        let connections = usize::try_from(settings.pool_size)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(settings.databases.len());
-        api = api
-            .workers(workers)
-            .worker_max_blocking_threads(connections.div_ceil(workers).max(2));
-        let api = api.listen(listener)?.run();
+        })?;
 
         let admin_listener = TcpListener::bind(settings.admin.listen)
             .with_context(|| format!("binding the admin listener to {}", settings.admin.listen))?;

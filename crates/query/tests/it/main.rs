@@ -12,6 +12,7 @@ mod binary;
 mod dashboard;
 mod deploy;
 mod errors;
+mod head_errors;
 mod jwt;
 mod listener;
 mod metrics;
