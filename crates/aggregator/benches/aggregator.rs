@@ -208,12 +208,12 @@ impl Timings {
             "  decode (not in apply's time): {:>7.3} ms per batch",
             per_batch(decode)
         );
-        println!("  apply, per batch:               ms   calls  share");
+        println!("  apply, per batch:    ms   calls  share  statement");
         let mut statements = Duration::ZERO;
         for (kind, calls, total) in &self.statements {
             statements += *total;
             println!(
-                "    {kind:<26} {:>8.3} {:>7.2} {:>5.1}%",
+                "    {:>13.3} {:>7.2} {:>5.1}%  {kind}",
                 per_batch(*total),
                 *calls as f64 / batches as f64,
                 share(*total)
@@ -221,13 +221,17 @@ impl Timings {
         }
         let rest = elapsed.saturating_sub(statements);
         println!(
-            "    {:<26} {:>8.3} {:>7} {:>5.1}%",
-            "outside statements",
+            "    {:>13.3} {:>7} {:>5.1}%  outside statements (the fold, rows to structs)",
             per_batch(rest),
             "",
             share(rest)
         );
-        println!("    {:<26} {:>8.3}", "total", per_batch(elapsed));
+        println!(
+            "    {:>13.3} {:>7} {:>6}  total",
+            per_batch(elapsed),
+            "",
+            ""
+        );
     }
 }
 
@@ -282,8 +286,19 @@ fn statement_kind(sql: &str) -> String {
         "runs",
     ];
     let sql = sql.replace('"', "");
-    let words: Vec<&str> = sql.split_whitespace().collect();
-    let upper = |i: usize| words.get(i).map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .to_owned()
+        })
+        .collect();
+    let upper = |i: usize| {
+        words
+            .get(i)
+            .map(|w| w.to_ascii_uppercase())
+            .unwrap_or_default()
+    };
     match upper(0).as_str() {
         "BEGIN" | "COMMIT" | "ROLLBACK" => return upper(0).to_lowercase(),
         _ if sql.contains("pg_advisory_xact_lock") => return "lock".to_owned(),
@@ -294,8 +309,11 @@ fn statement_kind(sql: &str) -> String {
     for (i, word) in words.iter().enumerate() {
         let verb = match word.to_ascii_uppercase().as_str() {
             "INSERT" if upper(i + 1) == "INTO" => {
-                let rest = words[i..].join(" ").to_ascii_uppercase();
-                if rest.contains("DO UPDATE") {
+                // Up to the next statement of a `WITH`.
+                let end = (i + 1..words.len())
+                    .find(|&j| upper(j) == "INSERT")
+                    .unwrap_or(words.len());
+                if (i..end).any(|j| upper(j) == "DO" && upper(j + 1) == "UPDATE") {
                     "upsert"
                 } else {
                     "insert"
@@ -309,9 +327,8 @@ fn statement_kind(sql: &str) -> String {
         };
         let target = words[i + 1..]
             .iter()
-            .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_'))
             .find(|w| !w.eq_ignore_ascii_case("INTO") && !w.eq_ignore_ascii_case("FROM"));
-        if let Some(table) = target.filter(|t| TABLES.contains(t)) {
+        if let Some(table) = target.filter(|t| TABLES.contains(&t.as_str())) {
             let part = format!("{verb} {table}");
             if !parts.contains(&part) {
                 parts.push(part);
@@ -319,7 +336,7 @@ fn statement_kind(sql: &str) -> String {
         }
     }
     if parts.is_empty() {
-        words.iter().take(3).copied().collect::<Vec<_>>().join(" ")
+        words.iter().take(3).cloned().collect::<Vec<_>>().join(" ")
     } else {
         parts.join(", ")
     }
