@@ -50,13 +50,27 @@ struct LockedAt {
 /// increase strictly from commit to commit: the table-wide latest `updated_at` changes with every
 /// write and readers may use it to tell whether anything changed. (`now()`, the transaction's
 /// start, could precede the stamp of a writer that committed while this one waited.)
-
+///
+/// It also key-share locks the table's `metrics_tables` row, the check the foreign keys of `runs`
+/// and `sessions` made for every row they inserted (migration
+/// `2026-12-03-000000_check_record_tables_once_per_batch`): the row exists, and stays until the
+/// transaction ends. A table that is not registered is a foreign key violation, as it was.
 pub(crate) fn lock_table(conn: &mut PgConnection, table: TableId) -> QueryResult<DateTime<Utc>> {
-    Prepared::new("SELECT clock_timestamp() AS now FROM pg_advisory_xact_lock($1, $2)")
-        .bind::<Integer, _>(APPLY_LOCK_CLASS)
-        .bind::<Integer, _>(table.0)
-        .get_result::<LockedAt>(conn)
-        .map(|locked| locked.now)
+    Prepared::new(
+        "SELECT clock_timestamp() AS now FROM pg_advisory_xact_lock($1, $2) AS l, \
+         metrics_tables t WHERE t.id = $2 FOR KEY SHARE OF t",
+    )
+    .bind::<Integer, _>(APPLY_LOCK_CLASS)
+    .bind::<Integer, _>(table.0)
+    .get_result::<LockedAt>(conn)
+    .optional()?
+    .map(|locked| locked.now)
+    .ok_or_else(|| {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            Box::new(format!("metrics table {} is not registered", table.0)),
+        )
+    })
 }
 
 /// A statement whose text is the same for every batch, with its bind values. Diesel never keeps
