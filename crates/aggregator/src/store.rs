@@ -79,6 +79,11 @@ pub(crate) fn lock_table(conn: &mut PgConnection, table: TableId) -> QueryResult
 /// per connection, its plan reused. Its text names every column it returns, since a prepared
 /// `SELECT *` fails once a migration adds a column.
 ///
+/// Only for statements with one sensible plan (inserts from arrays, the lock): PostgreSQL keeps a
+/// prepared statement's generic plan, so a plan that depends on a table's size (a lookup, a join)
+/// chosen while the table was small would stay when it grows. Those remain `sql_query`, planned
+/// for each batch with the table's current size.
+///
 /// The text numbers its parameters `$1`, `$2`, ... as PostgreSQL does, the n-th bound value being
 /// `$n`; a parameter may appear more than once.
 pub(crate) struct Prepared<'a> {
@@ -217,7 +222,7 @@ pub(crate) fn no_user_days(
     if days.is_empty() {
         return Ok(HashSet::new());
     }
-    Ok(Prepared::new(NO_USER_DAYS)
+    Ok(diesel::sql_query(NO_USER_DAYS)
         .bind::<Integer, _>(table.0)
         .bind::<Array<Date>, _>(days)
         .load::<DayUser>(conn)?
@@ -234,7 +239,7 @@ pub(crate) fn delete_user_rows(
 ) -> QueryResult<()> {
     for chunk in keys.chunks(CHUNK_ROWS) {
         let (users, dates): (Vec<&str>, Vec<NaiveDate>) = chunk.iter().copied().unzip();
-        Prepared::new(DELETE_USER_DAYS)
+        diesel::sql_query(DELETE_USER_DAYS)
             .bind::<Integer, _>(table.0)
             .bind::<Array<Text>, _>(users)
             .bind::<Array<Date>, _>(dates)
@@ -271,7 +276,7 @@ fn load_by_keys<T: QueryableByName<Pg> + 'static>(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    Prepared::new(sql)
+    diesel::sql_query(sql)
         .bind::<Integer, _>(table.0)
         .bind::<Array<Text>, _>(keys)
         .load(conn)
