@@ -186,11 +186,12 @@ const DELETE_USER_DAYS: &str = "DELETE FROM user_daily_metrics m \
      WHERE m.table_id = $1 AND m.user_id = k.user_id AND m.date = k.date";
 
 /// The stored records of a batch's keys ($1 table id, $2 keys): one probe of the primary key
-/// per key, whatever the statistics say. A `LATERAL` subquery with a `LIMIT` is never flattened
-/// into a join, so the planner cannot turn the lookup into a scan of the metrics table's whole
-/// history (which a plain join of the unnested keys becomes, hashed, while the table's statistics
-/// still describe it as small, and `key = ANY($2)` as a bitmap scan of its `(table_id, date)`
-/// index).
+/// per key. A `LATERAL` subquery with a `LIMIT` is never flattened into a join, so the planner
+/// cannot turn the lookup into one scan of the metrics table's whole history, which a plain join
+/// of the unnested keys becomes (hashed) while the table's statistics still describe it as small,
+/// and `key = ANY($2)` too (a bitmap scan of its `(table_id, date)` index). Planned for every
+/// batch (`sql_query`, see [`Prepared`]), the subquery's cost follows the table's current size:
+/// a probe as soon as the table is more than a few pages.
 fn load_statement(table: &str, key: &str, columns: &[(&str, &str)]) -> String {
     let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
     format!(
