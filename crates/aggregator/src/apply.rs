@@ -19,22 +19,26 @@
 //! up to the all-users row. A per-user row that ends up counting nothing for a user who is not
 //! active that day is deleted.
 //!
-//! A batch reads the stored state of the keys it names (`store.rs`), folds its events over that
-//! state in memory (`plan.rs`, noting which changed anything), and writes back the changed records
-//! and the new day rows. All of it happens under a transaction-level advisory lock per metrics table: every
+//! A batch reads the stored state of every key it names (`store.rs`: its runs, its sessions,
+//! and whether its (day, user) pairs are new), folds its events over that state in memory once
+//! (`plan.rs`, noting which changed anything), and writes back the changed records in one
+//! statement (new ones with plain inserts, changed ones over the stored rows) and then the
+//! changed day rows. All of it happens under a transaction-level advisory lock per metrics table: every
 //! event of a day updates that day's row, so concurrent writers would queue on that row anyway;
 //! the lock makes the queue explicit, ordered and free of deadlocks, and lets each statement see
-//! the previous writer's committed state without `FOR UPDATE` or retries.
+//! the previous writer's committed state without `FOR UPDATE` or retries, and insert the keys it
+//! found missing without checking for conflicts: no other writer of the table runs meanwhile
+//! (`rebuild` and refreshes take the same lock).
 
 use std::collections::HashSet;
 
 use diesel::prelude::*;
-use metrics_events::Event;
+use metrics_events::{Event, EventKind};
 
 use crate::error::ApplyError;
-use crate::models::{DailyMetrics, DayUser, RunRecord, SessionRecord};
+use crate::models::{DailyMetrics, DayUser};
 use crate::plan::{DayKey, EventOutcome, Plan, Scope, day_user};
-use crate::store::{self, RowTable};
+use crate::store::{self, ChangedRecords, RowTable};
 use crate::tables::TableId;
 
 /// The outcome of [`apply`]: one [`EventOutcome`] per event, in the order given.
@@ -85,30 +89,28 @@ fn apply_in_transaction(
 ) -> Result<ApplyReport, ApplyError> {
     let now = store::lock_table(conn, table)?;
 
-    // What the batch alone makes of each run and session: its winners and merged sessions.
-    // Inserting them where the key is new settles the common case in one statement each;
-    // only keys already stored are read back and folded against their stored state.
-    let mut alone = Plan::new(table, Vec::new(), Vec::new(), HashSet::new());
-    for event in events {
-        alone.observe(event);
-    }
-    let candidate_runs = alone.changed_runs();
-    let fresh_runs = store::insert_new_runs(conn, table, &candidate_runs)?;
-    let stored_run_ids: Vec<&str> = candidate_runs
+    // The stored state of every key the batch names, one statement per kind of record; the
+    // fold then runs once, over that state, and says which records are new and which changed.
+    let mut run_ids: Vec<&str> = events
         .iter()
-        .map(|run| run.run_id.as_str())
-        .filter(|id| !fresh_runs.contains(*id))
+        .filter_map(|event| match &event.kind {
+            EventKind::RunCompleted(run) => Some(run.run_id.as_str()),
+            EventKind::SessionCreated(_) => None,
+        })
         .collect();
-    let stored_runs = store::load_runs(conn, table, &stored_run_ids)?;
-
-    let candidate_sessions = alone.changed_sessions();
-    let fresh_sessions = store::insert_new_sessions(conn, &candidate_sessions)?;
-    let stored_session_ids: Vec<&str> = candidate_sessions
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    let mut session_ids: Vec<&str> = events.iter().map(Event::session_id).collect();
+    session_ids.sort_unstable();
+    session_ids.dedup();
+    let stored_runs = store::load_runs(conn, table, &run_ids)?;
+    let stored_sessions = store::load_sessions(conn, table, &session_ids)?;
+    let stored_run_ids: HashSet<String> =
+        stored_runs.iter().map(|run| run.run_id.clone()).collect();
+    let stored_session_ids: HashSet<String> = stored_sessions
         .iter()
-        .map(|session| session.session_id.as_str())
-        .filter(|id| !fresh_sessions.contains(*id))
+        .map(|session| session.session_id.clone())
         .collect();
-    let stored_sessions = store::load_sessions(conn, table, &stored_session_ids)?;
 
     let mut users: Vec<DayUser> = events.iter().map(|event| day_user(table, event)).collect();
     users.sort_unstable();
@@ -118,19 +120,22 @@ fn apply_in_transaction(
     let mut plan = Plan::new(table, stored_runs, stored_sessions, new_users);
     let outcomes = events.iter().map(|event| plan.observe(event)).collect();
 
-    // Fresh keys were written above with exactly the state the fold ends with.
-    let replaced_runs: Vec<&RunRecord> = plan
-        .changed_runs()
-        .into_iter()
-        .filter(|run| !fresh_runs.contains(&run.run_id))
-        .collect();
-    let moved_sessions: Vec<&SessionRecord> = plan
-        .changed_sessions()
-        .into_iter()
-        .filter(|session| !fresh_sessions.contains(&session.session_id))
-        .collect();
-    store::write_runs(conn, table, &replaced_runs)?;
-    store::write_sessions(conn, &moved_sessions)?;
+    let mut records = ChangedRecords::default();
+    for run in plan.changed_runs() {
+        if stored_run_ids.contains(&run.run_id) {
+            records.replaced_runs.push(run);
+        } else {
+            records.new_runs.push(run);
+        }
+    }
+    for session in plan.changed_sessions() {
+        if stored_session_ids.contains(&session.session_id) {
+            records.moved_sessions.push(session);
+        } else {
+            records.new_sessions.push(session);
+        }
+    }
+    store::write_records(conn, table, &records)?;
     for rows in [RowTable::AllUsers, RowTable::PerUser] {
         write_day_rows(conn, table, rows, &plan, now)?;
     }

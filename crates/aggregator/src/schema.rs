@@ -130,8 +130,6 @@ diesel::table! {
 diesel::joinable!(daily_metrics -> metrics_tables (table_id));
 diesel::joinable!(day_users -> metrics_tables (table_id));
 diesel::joinable!(metrics_refreshes -> metrics_tables (table_id));
-diesel::joinable!(runs -> metrics_tables (table_id));
-diesel::joinable!(sessions -> metrics_tables (table_id));
 diesel::joinable!(user_daily_metrics -> metrics_tables (table_id));
 
 diesel::allow_tables_to_appear_in_same_query!(

@@ -1,22 +1,24 @@
 //! The store of [`crate::apply`]: the statements that read the state a batch's plan folds over
-//! and write back what it changed. The statements that carry most rows (new runs, sessions and
-//! (day, user) pairs, replaced runs, day rows) take their values as one array per column
-//! (`unnest`): their text is constant whatever the batch size, so PostgreSQL parses and plans
-//! them alike for every batch, and a batch costs one round trip per statement, not per row.
-//! Sessions that move (rare) are written with diesel's multi-row `VALUES`.
+//! and write back what it changed. The statements that carry most rows (stored runs and sessions
+//! read back, new and changed records, (day, user) pairs, day rows) take their values as one
+//! array per column (`unnest`): their text is constant whatever the batch size, and a batch costs
+//! one round trip per statement, not per row. Those of [`Prepared`] are also parsed and planned
+//! once per connection, not once per batch.
 
 use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::deserialize::QueryableByName;
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
 use diesel::sql_types::{
-    Array, BigInt, Bool, Date, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz, Uuid,
+    Array, BigInt, Bool, Date, HasSqlType, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz,
+    Untyped, Uuid,
 };
-use diesel::upsert::excluded;
 use metrics_events::Tokens;
 
 use crate::models::{
@@ -24,7 +26,7 @@ use crate::models::{
 };
 use crate::plan::{DayKey, Scope};
 use crate::render::render_day;
-use crate::schema::{daily_metrics, sessions, user_daily_metrics};
+use crate::schema::{daily_metrics, user_daily_metrics};
 use crate::tables::TableId;
 
 /// The first key of the advisory lock that serialises writers of a metrics table ("metr" as
@@ -48,13 +50,131 @@ struct LockedAt {
 /// increase strictly from commit to commit: the table-wide latest `updated_at` changes with every
 /// write and readers may use it to tell whether anything changed. (`now()`, the transaction's
 /// start, could precede the stamp of a writer that committed while this one waited.)
+///
+/// It also key-share locks the table's `metrics_tables` row, the check the foreign keys of `runs`
+/// and `sessions` made for every row they inserted (migration
+/// `2026-12-03-000000_check_record_tables_once_per_batch`): the row exists, and stays until the
+/// transaction ends. A table that is not registered is a foreign key violation, as it was.
 pub(crate) fn lock_table(conn: &mut PgConnection, table: TableId) -> QueryResult<DateTime<Utc>> {
-    diesel::sql_query("SELECT clock_timestamp() AS now FROM pg_advisory_xact_lock($1, $2)")
-        .bind::<Integer, _>(APPLY_LOCK_CLASS)
-        .bind::<Integer, _>(table.0)
-        .get_result::<LockedAt>(conn)
-        .map(|locked| locked.now)
+    Prepared::new(
+        "SELECT clock_timestamp() AS now FROM pg_advisory_xact_lock($1, $2) AS l, \
+         metrics_tables t WHERE t.id = $2 FOR KEY SHARE OF t",
+    )
+    .bind::<Integer, _>(APPLY_LOCK_CLASS)
+    .bind::<Integer, _>(table.0)
+    .get_result::<LockedAt>(conn)
+    .optional()?
+    .map(|locked| locked.now)
+    .ok_or_else(|| {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            Box::new(format!("metrics table {} is not registered", table.0)),
+        )
+    })
 }
+
+/// A statement whose text is the same for every batch, with its bind values. Diesel never keeps
+/// a `sql_query` statement prepared, so PostgreSQL would parse, analyse and plan it again for
+/// every batch; this one goes through diesel's statement cache (keyed by its text): prepared once
+/// per connection, its plan reused. Its text names every column it returns, since a prepared
+/// `SELECT *` fails once a migration adds a column.
+///
+/// Only for statements with one sensible plan (inserts from arrays, the lock): PostgreSQL keeps a
+/// prepared statement's generic plan, so a plan that depends on a table's size (a lookup, a join)
+/// chosen while the table was small would stay when it grows. Those remain `sql_query`, planned
+/// for each batch with the table's current size.
+///
+/// The text numbers its parameters `$1`, `$2`, ... as PostgreSQL does, the n-th bound value being
+/// `$n`; a parameter may appear more than once.
+pub(crate) struct Prepared<'a> {
+    sql: &'a str,
+    binds: Vec<Box<dyn PushBind + 'a>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub(crate) fn new(sql: &'a str) -> Self {
+        Self {
+            sql,
+            binds: Vec::new(),
+        }
+    }
+
+    /// Binds the next parameter, of SQL type `ST`.
+    pub(crate) fn bind<ST, T>(mut self, value: T) -> Self
+    where
+        Pg: HasSqlType<ST>,
+        T: ToSql<ST, Pg> + 'a,
+        ST: 'a,
+    {
+        self.binds.push(Box::new(Bound {
+            value,
+            sql_type: PhantomData::<ST>,
+        }));
+        self
+    }
+}
+
+/// A bound value that pushes itself as a parameter of its SQL type.
+trait PushBind {
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
+}
+
+struct Bound<ST, T> {
+    value: T,
+    sql_type: PhantomData<ST>,
+}
+
+impl<ST, T> PushBind for Bound<ST, T>
+where
+    Pg: HasSqlType<ST>,
+    T: ToSql<ST, Pg>,
+{
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_bind_param::<ST, T>(&self.value)
+    }
+}
+
+impl QueryFragment<Pg> for Prepared<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Diesel writes each parameter's placeholder itself, numbered in the order pushed: the
+        // text is pushed piece by piece, each `$n` replaced by the n-th value.
+        let mut rest = self.sql;
+        while let Some(start) = rest.find('$') {
+            out.push_sql(&rest[..start]);
+            let digits = rest[start + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            let index: usize = rest[start + 1..start + 1 + digits].parse().map_err(|_| {
+                diesel::result::Error::QueryBuilderError("a `$` without a number".into())
+            })?;
+            let bind = index
+                .checked_sub(1)
+                .and_then(|i| self.binds.get(i))
+                .ok_or_else(|| {
+                    diesel::result::Error::QueryBuilderError(
+                        format!("no value for ${index}").into(),
+                    )
+                })?;
+            bind.push(&mut out)?;
+            rest = &rest[start + 1 + digits..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+impl QueryId for Prepared<'_> {
+    type QueryId = ();
+
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Prepared<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for Prepared<'_> {}
 
 /// Of a batch's days, those with events naming no user ($1 table id, $2 days).
 const NO_USER_DAYS: &str = "SELECT table_id, date, user_id FROM day_users \
@@ -65,112 +185,34 @@ const DELETE_USER_DAYS: &str = "DELETE FROM user_daily_metrics m \
      USING unnest($2::text[], $3::date[]) AS k (user_id, date) \
      WHERE m.table_id = $1 AND m.user_id = k.user_id AND m.date = k.date";
 
-/// The stored runs of a batch's run ids ($1 table id, $2 run ids). Joining the unnested keys
-/// probes the primary key once per key whatever the statistics say; `run_id = ANY($2)` lets the
-/// planner pick a sequential scan that compares every row with every key.
-const LOAD_RUNS: &str = "SELECT r.* FROM unnest($2::text[]) AS k (run_id) \
-     JOIN runs r ON r.table_id = $1 AND r.run_id = k.run_id";
-
-/// The stored sessions of a batch's session ids ($1 table id, $2 session ids); see `LOAD_RUNS`.
-const LOAD_SESSIONS: &str = "SELECT s.* FROM unnest($2::text[]) AS k (session_id) \
-     JOIN sessions s ON s.table_id = $1 AND s.session_id = k.session_id";
-
-#[derive(QueryableByName)]
-struct InsertedKey {
-    #[diesel(sql_type = Text)]
-    key: String,
+/// The stored records of a batch's keys ($1 table id, $2 keys): one probe of the primary key
+/// per key. A `LATERAL` subquery with a `LIMIT` is never flattened into a join, so the planner
+/// cannot turn the lookup into one scan of the metrics table's whole history, which a plain join
+/// of the unnested keys becomes (hashed) while the table's statistics still describe it as small,
+/// and `key = ANY($2)` too (a bitmap scan of its `(table_id, date)` index). Planned for every
+/// batch (`sql_query`, see [`Prepared`]), the subquery's cost follows the table's current size:
+/// a probe as soon as the table is more than a few pages.
+fn load_statement(table: &str, key: &str, columns: &[(&str, &str)]) -> String {
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    format!(
+        "SELECT $1 AS table_id, r.{key}, {columns} FROM unnest($2::text[]) AS k ({key}) \
+         CROSS JOIN LATERAL (SELECT {names} FROM {table} \
+         WHERE table_id = $1 AND {key} = k.{key} LIMIT 1) r",
+        columns = names
+            .iter()
+            .filter(|name| **name != key)
+            .map(|name| format!("r.{name}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        names = names.join(", "),
+    )
 }
 
-/// Inserts the sessions whose `session_id` is not stored yet; returns those session ids.
-pub(crate) fn insert_new_sessions(
-    conn: &mut PgConnection,
-    sessions: &[&SessionRecord],
-) -> QueryResult<HashSet<String>> {
-    let Some(first) = sessions.first() else {
-        return Ok(HashSet::new());
-    };
-    diesel::sql_query(INSERT_SESSIONS)
-        .bind::<Integer, _>(first.table_id)
-        .bind::<Array<Text>, _>(
-            sessions
-                .iter()
-                .map(|s| s.session_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Date>, _>(sessions.iter().map(|s| s.date).collect::<Vec<_>>())
-        .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.first_time).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(
-            sessions
-                .iter()
-                .map(|s| s.session_type.0.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Bool>, _>(sessions.iter().map(|s| s.type_from_run).collect::<Vec<_>>())
-        .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.type_time).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Timestamptz>>, _>(
-            sessions.iter().map(|s| s.created_time).collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Text>>, _>(
-            sessions
-                .iter()
-                .map(|s| s.created_user_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Timestamptz>>, _>(
-            sessions
-                .iter()
-                .map(|s| s.first_run_time)
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Text>>, _>(
-            sessions
-                .iter()
-                .map(|s| s.first_run_user_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .load::<InsertedKey>(conn)
-        .map(|keys| keys.into_iter().map(|k| k.key).collect())
-}
+static LOAD_RUNS: LazyLock<String> =
+    LazyLock::new(|| load_statement("runs", "run_id", &run_columns()));
 
-/// New sessions, one array per column; see [`RunStatements`].
-const INSERT_SESSIONS: &str = "INSERT INTO sessions (table_id, session_id, date, first_time, \
-     session_type, type_from_run, type_time, created_time, created_user_id, first_run_time, \
-     first_run_user_id) \
-     SELECT $1, * FROM unnest($2::text[], $3::date[], $4::timestamptz[], $5::text[], \
-     $6::bool[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::timestamptz[], \
-     $11::text[]) \
-     ON CONFLICT (table_id, session_id) DO NOTHING RETURNING session_id AS key";
-
-/// A batch's distinct (day, user) pairs; returns those not seen before.
-const INSERT_DAY_USERS: &str = "INSERT INTO day_users (table_id, date, user_id) \
-     SELECT $1, * FROM unnest($2::date[], $3::text[]) \
-     ON CONFLICT DO NOTHING RETURNING table_id, date, user_id";
-
-/// Writes whole sessions over the stored ones.
-pub(crate) fn write_sessions(
-    conn: &mut PgConnection,
-    records: &[&SessionRecord],
-) -> QueryResult<()> {
-    for chunk in records.chunks(CHUNK_ROWS) {
-        diesel::insert_into(sessions::table)
-            .values(chunk.to_vec())
-            .on_conflict((sessions::table_id, sessions::session_id))
-            .do_update()
-            .set((
-                sessions::date.eq(excluded(sessions::date)),
-                sessions::first_time.eq(excluded(sessions::first_time)),
-                sessions::session_type.eq(excluded(sessions::session_type)),
-                sessions::type_from_run.eq(excluded(sessions::type_from_run)),
-                sessions::type_time.eq(excluded(sessions::type_time)),
-                sessions::created_time.eq(excluded(sessions::created_time)),
-                sessions::created_user_id.eq(excluded(sessions::created_user_id)),
-                sessions::first_run_time.eq(excluded(sessions::first_run_time)),
-                sessions::first_run_user_id.eq(excluded(sessions::first_run_user_id)),
-            ))
-            .execute(conn)?;
-    }
-    Ok(())
-}
+static LOAD_SESSIONS: LazyLock<String> =
+    LazyLock::new(|| load_statement("sessions", "session_id", &SESSION_COLUMNS));
 
 /// Of `days`, those with events naming no user ($1 table id, $2 days).
 pub(crate) fn no_user_days(
@@ -200,8 +242,8 @@ pub(crate) fn delete_user_rows(
         let (users, dates): (Vec<&str>, Vec<NaiveDate>) = chunk.iter().copied().unzip();
         diesel::sql_query(DELETE_USER_DAYS)
             .bind::<Integer, _>(table.0)
-            .bind::<Array<Text>, _>(&users)
-            .bind::<Array<Date>, _>(&dates)
+            .bind::<Array<Text>, _>(users)
+            .bind::<Array<Date>, _>(dates)
             .execute(conn)?;
     }
     Ok(())
@@ -213,7 +255,7 @@ pub(crate) fn load_runs(
     table: TableId,
     run_ids: &[&str],
 ) -> QueryResult<Vec<RunRecord>> {
-    load_by_keys(conn, LOAD_RUNS, table, run_ids)
+    load_by_keys(conn, &LOAD_RUNS, table, run_ids)
 }
 
 /// The stored sessions of `session_ids`.
@@ -222,7 +264,7 @@ pub(crate) fn load_sessions(
     table: TableId,
     session_ids: &[&str],
 ) -> QueryResult<Vec<SessionRecord>> {
-    load_by_keys(conn, LOAD_SESSIONS, table, session_ids)
+    load_by_keys(conn, &LOAD_SESSIONS, table, session_ids)
 }
 
 /// The records `sql` reads for `keys` ($1 table id, $2 keys).
@@ -241,13 +283,18 @@ fn load_by_keys<T: QueryableByName<Pg> + 'static>(
         .load(conn)
 }
 
+/// A batch's distinct (day, user) pairs; returns those not seen before.
+const INSERT_DAY_USERS: &str = "INSERT INTO day_users (table_id, date, user_id) \
+     SELECT $1, * FROM unnest($2::date[], $3::text[]) \
+     ON CONFLICT DO NOTHING RETURNING table_id, date, user_id";
+
 /// Inserts the (day, user) pairs of a batch; returns those that were not stored yet.
 pub(crate) fn insert_day_users(
     conn: &mut PgConnection,
     table: TableId,
     users: &[DayUser],
 ) -> QueryResult<HashSet<DayUser>> {
-    Ok(diesel::sql_query(INSERT_DAY_USERS)
+    Ok(Prepared::new(INSERT_DAY_USERS)
         .bind::<Integer, _>(table.0)
         .bind::<Array<Date>, _>(users.iter().map(|u| u.date).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>())
@@ -310,33 +357,68 @@ fn run_columns() -> Vec<(&'static str, &'static str)> {
     columns
 }
 
-/// The statements that write runs, one array per column: their text is constant whatever the
-/// batch size, where a multi-row `VALUES` list would be parsed and planned anew for every size.
-struct RunStatements {
-    /// Inserts the runs whose `run_id` is not stored yet and returns those run ids.
-    insert_new: String,
-    /// Writes whole runs, replacing the stored ones.
-    upsert: String,
-}
+/// The columns of a session after its table id, with their SQL types.
+const SESSION_COLUMNS: [(&str, &str); 10] = [
+    ("session_id", "text"),
+    ("date", "date"),
+    ("first_time", "timestamptz"),
+    ("session_type", "text"),
+    ("type_from_run", "bool"),
+    ("type_time", "timestamptz"),
+    ("created_time", "timestamptz"),
+    ("created_user_id", "text"),
+    ("first_run_time", "timestamptz"),
+    ("first_run_user_id", "text"),
+];
 
-static RUN_STATEMENTS: LazyLock<RunStatements> = LazyLock::new(|| {
-    let columns = run_columns();
-    let conflict = "table_id, run_id";
-    RunStatements {
-        insert_new: insert_from_arrays("runs", &columns, conflict, &[], Some("run_id")),
-        upsert: insert_from_arrays("runs", &columns, conflict, &["run_id"], None),
-    }
+/// The statement that writes a batch's changed records ($1 table id, then one array per column
+/// of each part, in this order): the runs and sessions that are new, with plain inserts (the
+/// writer lock guarantees that no other transaction inserts them meanwhile, so there is no
+/// conflict to check), and the stored ones the batch changed, written over the stored rows.
+/// The four parts are data-modifying `WITH` queries of one statement: one round trip, whichever
+/// of them have rows.
+static WRITE_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    let runs = run_columns();
+    let mut next = 2;
+    let mut part = |table: &str, columns: &[(&str, &str)], conflict: Option<&str>| {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let arrays: Vec<String> = columns
+            .iter()
+            .map(|(_, ty)| {
+                next += 1;
+                format!("${}::{ty}[]", next - 1)
+            })
+            .collect();
+        let action = conflict.map_or_else(String::new, |key| {
+            let updates: Vec<String> = names
+                .iter()
+                .filter(|name| **name != key)
+                .map(|name| format!("{name} = excluded.{name}"))
+                .collect();
+            format!(
+                " ON CONFLICT (table_id, {key}) DO UPDATE SET {}",
+                updates.join(", ")
+            )
+        });
+        format!(
+            "INSERT INTO {table} (table_id, {names}) SELECT $1, * FROM unnest({arrays}){action}",
+            names = names.join(", "),
+            arrays = arrays.join(", "),
+        )
+    };
+    let new_runs = part("runs", &runs, None);
+    let replaced_runs = part("runs", &runs, Some("run_id"));
+    let new_sessions = part("sessions", &SESSION_COLUMNS, None);
+    let moved_sessions = part("sessions", &SESSION_COLUMNS, Some("session_id"));
+    format!(
+        "WITH new_runs AS ({new_runs}), replaced_runs AS ({replaced_runs}), \
+         new_sessions AS ({new_sessions}), moved_sessions AS ({moved_sessions}) SELECT 1"
+    )
 });
 
-/// Binds the columns of `runs` (see [`run_columns`]) after the table id.
-fn bind_runs<'a>(
-    sql: &str,
-    table: TableId,
-    runs: &'a [&RunRecord],
-) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
-    let mut query = diesel::sql_query(sql)
-        .into_boxed::<Pg>()
-        .bind::<Integer, _>(table.0)
+/// Binds the columns of `runs` (see [`run_columns`]).
+fn bind_runs<'a>(query: Prepared<'a>, runs: &[&'a RunRecord]) -> Prepared<'a> {
+    let mut query = query
         .bind::<Array<Text>, _>(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
         .bind::<Array<Date>, _>(runs.iter().map(|r| r.date).collect::<Vec<_>>())
         .bind::<Array<Timestamptz>, _>(runs.iter().map(|r| r.time).collect::<Vec<_>>())
@@ -372,30 +454,75 @@ fn bind_runs<'a>(
         .bind::<Array<Text>, _>(runs.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
 }
 
-/// Inserts the runs whose `run_id` is not stored yet; returns those run ids.
-pub(crate) fn insert_new_runs(
-    conn: &mut PgConnection,
-    table: TableId,
-    runs: &[&RunRecord],
-) -> QueryResult<HashSet<String>> {
-    if runs.is_empty() {
-        return Ok(HashSet::new());
-    }
-    bind_runs(&RUN_STATEMENTS.insert_new, table, runs)
-        .load::<InsertedKey>(conn)
-        .map(|keys| keys.into_iter().map(|k| k.key).collect())
+/// Binds the columns of `sessions` (see [`SESSION_COLUMNS`]).
+fn bind_sessions<'a>(query: Prepared<'a>, sessions: &[&'a SessionRecord]) -> Prepared<'a> {
+    query
+        .bind::<Array<Text>, _>(
+            sessions
+                .iter()
+                .map(|s| s.session_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Date>, _>(sessions.iter().map(|s| s.date).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.first_time).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            sessions
+                .iter()
+                .map(|s| s.session_type.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bool>, _>(sessions.iter().map(|s| s.type_from_run).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(sessions.iter().map(|s| s.type_time).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            sessions.iter().map(|s| s.created_time).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            sessions
+                .iter()
+                .map(|s| s.created_user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            sessions
+                .iter()
+                .map(|s| s.first_run_time)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            sessions
+                .iter()
+                .map(|s| s.first_run_user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
 }
 
-/// Writes whole runs over the stored ones.
-pub(crate) fn write_runs(
+/// The records a batch changed: new ones (keys not stored before) and stored ones it changed.
+#[derive(Debug, Default)]
+pub(crate) struct ChangedRecords<'a> {
+    pub new_runs: Vec<&'a RunRecord>,
+    pub replaced_runs: Vec<&'a RunRecord>,
+    pub new_sessions: Vec<&'a SessionRecord>,
+    pub moved_sessions: Vec<&'a SessionRecord>,
+}
+
+/// Writes a batch's changed records in one statement ([`WRITE_RECORDS`]).
+pub(crate) fn write_records(
     conn: &mut PgConnection,
     table: TableId,
-    runs: &[&RunRecord],
+    records: &ChangedRecords<'_>,
 ) -> QueryResult<()> {
-    if runs.is_empty() {
+    let total = records.new_runs.len()
+        + records.replaced_runs.len()
+        + records.new_sessions.len()
+        + records.moved_sessions.len();
+    if total == 0 {
         return Ok(());
     }
-    bind_runs(&RUN_STATEMENTS.upsert, table, runs).execute(conn)?;
+    let query = Prepared::new(&WRITE_RECORDS).bind::<Integer, _>(table.0);
+    let query = bind_runs(query, &records.new_runs);
+    let query = bind_runs(query, &records.replaced_runs);
+    let query = bind_sessions(query, &records.new_sessions);
+    bind_sessions(query, &records.moved_sessions).execute(conn)?;
     Ok(())
 }
 
