@@ -52,7 +52,7 @@ impl Probes for AdminState {
         }
         let mut failed = Vec::new();
         for database in self.databases.iter() {
-            let pool = database.pool.clone();
+            let pool = database.pool();
             let table = database.tables.first().cloned().unwrap_or_default();
             // The stamp read every API request starts with: the database answers and holds the
             // schema.
@@ -86,12 +86,12 @@ impl Probes for AdminState {
 
     fn exposition(&self) -> Result<String, std::fmt::Error> {
         for database in self.databases.iter() {
-            let pool_state = database.pool.state();
+            let pool_state = database.pool().state();
             self.metrics.observe_pool(
                 &database.id,
                 pool_state.connections,
                 pool_state.idle_connections,
-                database.pool.max_size(),
+                database.pool().max_size(),
             );
         }
         self.metrics.encode()

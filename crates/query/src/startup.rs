@@ -3,8 +3,8 @@
 //! serves until the shutdown token is cancelled, then drains.
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
@@ -32,15 +32,65 @@ use crate::telemetry::Metrics;
 pub struct Database {
     /// The id clients name in `db_id`.
     pub id: String,
-    /// Its connection pool (lazy: the service starts while the database is down).
-    pub pool: Pool,
+    /// Its connection pool (lazy: the service starts while the database is down); replaced
+    /// after a read that got no answer in time ([`Database::give_up_on`]), with when it was.
+    pool: Mutex<(Pool, Instant)>,
+    /// How to build that pool again.
+    connect: PoolSettings,
     /// Its URL, for the dedicated connection a refresh holds its lock on.
     pub url: SecretString,
     /// The metrics tables it holds; the first is the default one.
     pub tables: Vec<TableName>,
 }
 
+/// What a database's pool is built from.
+#[derive(Debug, Clone)]
+struct PoolSettings {
+    url: SecretString,
+    size: u32,
+    connect_timeout: Duration,
+}
+
+impl PoolSettings {
+    fn connect(&self) -> Result<Pool, metrics_aggregator::PoolError> {
+        metrics_aggregator::connect(self.url.expose_secret(), self.size, self.connect_timeout)
+    }
+}
+
 impl Database {
+    /// The database's connection pool.
+    pub fn pool(&self) -> Pool {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// Replaces the pool after a read that got no answer within the request timeout, which
+    /// PostgreSQL's own statement timeout (the same) would have ended: its connection is
+    /// presumed frozen (packets dropped, a stalled peer), and the blocking thread waiting on it
+    /// keeps it checked out for as long as TCP takes to give up, if ever. Later reads connect
+    /// afresh instead of queueing for it; the old pool closes its connections as they come
+    /// back. At most once per `interval`, so that a slow database is not answered with a storm
+    /// of connections.
+    pub fn give_up_on(&self, interval: Duration) {
+        let mut current = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.1.elapsed() < interval {
+            return;
+        }
+        match self.connect.connect() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    database = %self.id,
+                    "a read got no answer in time: its connection is given up on and the pool \
+                     replaced"
+                );
+                *current = (fresh, Instant::now());
+            }
+            Err(err) => tracing::error!(error = %err, "replacing the pool"),
+        }
+    }
     /// The configured table named `name`, or the default one when `None`. The name is only
     /// compared with configuration here; SQL sees it as a bound parameter.
     ///
@@ -141,15 +191,18 @@ impl Application {
                     statement_timeout: settings.http.request_timeout,
                     tcp_timeout: settings.tcp_timeout,
                 };
-                let pool = metrics_aggregator::connect(
-                    &limits.apply_to(database.url.expose_secret()),
-                    settings.pool_size,
-                    settings.http.request_timeout,
-                )
-                .with_context(|| format!("building the pool of database `{}`", database.id))?;
+                let connect = PoolSettings {
+                    url: SecretString::from(limits.apply_to(database.url.expose_secret())),
+                    size: settings.pool_size,
+                    connect_timeout: settings.http.request_timeout,
+                };
+                let pool = connect
+                    .connect()
+                    .with_context(|| format!("building the pool of database `{}`", database.id))?;
                 Ok(Database {
                     id: database.id.clone(),
-                    pool,
+                    pool: Mutex::new((pool, Instant::now())),
+                    connect,
                     url: database.url.clone(),
                     tables: database.tables.clone(),
                 })

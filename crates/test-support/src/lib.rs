@@ -12,6 +12,7 @@ pub mod deploy;
 mod eventually;
 pub mod private;
 pub mod process;
+pub mod proxy;
 pub mod rows;
 
 pub use broker::{ReceivedMessage, TestBroker};

@@ -9,6 +9,7 @@ use metrics_aggregator::DateRange;
 use metrics_ingest::consumer::ERROR_HEADER;
 use metrics_ingest::topology::Topology;
 use metrics_ingest::{Application, Settings};
+pub use metrics_test_support::proxy::Proxy;
 use metrics_test_support::{TestBroker, TestDatabase, eventually};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -252,70 +253,4 @@ pub async fn wait_for_rows(database: &TestDatabase, expected: &[DaySummary]) {
         if rows == expected { Ok(()) } else { Err(rows) }
     })
     .await;
-}
-
-/// A loopback TCP proxy in front of RabbitMQ whose connections the test can cut, as if the
-/// broker went away.
-pub struct Proxy {
-    pub port: u16,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    freeze: std::sync::Arc<tokio::sync::Notify>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let registry = std::sync::Arc::clone(&connections);
-        let freeze = std::sync::Arc::new(tokio::sync::Notify::new());
-        let frozen = std::sync::Arc::clone(&freeze);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let frozen = std::sync::Arc::clone(&frozen);
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            () = frozen.notified() => {
-                                // Black-holed: nothing is forwarded any more, and nothing is
-                                // closed either, as when a network drops packets.
-                                std::future::pending::<()>().await;
-                            }
-                        }
-                    }
-                });
-                registry.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Self {
-            port,
-            connections,
-            freeze,
-            accept,
-        }
-    }
-
-    /// Stops forwarding on every open connection without closing it; new connections are
-    /// forwarded as before.
-    pub fn freeze(&self) {
-        self.freeze.notify_waiters();
-    }
-
-    /// Drops every proxied connection; new ones are accepted again.
-    pub fn cut(&self) -> usize {
-        let handles: Vec<_> = self.connections.lock().unwrap().drain(..).collect();
-        for handle in &handles {
-            handle.abort();
-        }
-        handles.len()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
 }

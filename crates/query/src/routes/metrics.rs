@@ -165,7 +165,7 @@ pub async fn get_metrics(
         end: range.end,
         user,
     };
-    let pool = database.pool.clone();
+    let pool = database.pool();
     let changes = state
         .cache
         .as_ref()
@@ -178,6 +178,7 @@ pub async fn get_metrics(
         Ok(Ok(body)) => body,
         Ok(Err(err)) => return Err(ApiError::Internal(err.context("reading metrics"))),
         Err(_) => {
+            database.give_up_on(timeout);
             return Err(ApiError::Internal(anyhow::anyhow!(
                 "the database did not answer within {} ms",
                 timeout.as_millis()

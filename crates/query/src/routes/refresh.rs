@@ -216,7 +216,7 @@ pub async fn get_refresh_status(
         .map_err(|err| ApiError::Validation(format!("Invalid query string: {err}")))?;
     let (_, database) = state.databases.find(query.db_id.as_deref())?;
     let table = database.table(query.table.as_deref())?.clone();
-    let pool = database.pool.clone();
+    let pool = database.pool();
     let read = web::block(move || -> anyhow::Result<RefreshStatus> {
         let mut conn = pool.get()?;
         Ok(metrics_aggregator::refresh_status(

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use metrics_events::SessionType::Agent;
-use metrics_test_support::TestDatabase;
+use metrics_test_support::proxy::Proxy;
+use metrics_test_support::{TestDatabase, eventually};
 
 use crate::support::{TestApp, error, session, settings, write};
 
@@ -325,5 +326,77 @@ async fn a_database_that_does_not_answer_fails_within_the_timeout() {
 
     locker.batch_execute("ROLLBACK").unwrap();
     assert_eq!(app.get("/metrics", &[]).await.status.as_u16(), 200);
+    app.stop().await;
+}
+
+/// A database connection that goes silent without closing (a network dropping its packets) fails
+/// the requests on it within the request timeout instead of holding them, and is given up on:
+/// later reads answer again, on new connections, without a restart.
+#[actix_web::test]
+async fn a_frozen_database_connection_fails_within_the_timeout_and_is_replaced() {
+    let db = TestDatabase::migrated();
+    write(
+        &db,
+        "agno_metrics",
+        &[session("s1", "2025-07-30T10:00:00Z", Agent, None)],
+    );
+    let mut url = url::Url::parse(db.url()).unwrap();
+    let proxy = Proxy::start(url.socket_addrs(|| Some(5432)).unwrap()[0]).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    let mut settings = settings(url.as_str());
+    settings.http.request_timeout = Duration::from_millis(1000);
+    settings.tcp_timeout = Duration::from_millis(1000);
+    settings.pool_size = 1;
+    let app = TestApp::spawn(settings);
+    // Each read names another range, so that the response cache cannot answer it.
+    let read = |day: u32| {
+        let app = &app;
+        async move {
+            app.get(
+                &format!("/metrics?starting_date=2025-07-{day:02}&ending_date=2025-07-31"),
+                &[],
+            )
+            .await
+        }
+    };
+    assert_eq!(read(1).await.status.as_u16(), 200);
+    // The pool's one connection and the listener's are open: the freeze catches every
+    // connection the service has.
+    eventually(Duration::from_secs(10), || async {
+        match proxy.accepted() {
+            2 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+
+    proxy.freeze();
+    let started = Instant::now();
+    let reply = read(2).await;
+    assert!(
+        matches!(reply.status.as_u16(), 200 | 500),
+        "{}",
+        reply.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a read waited {:?} on a frozen connection",
+        started.elapsed()
+    );
+
+    let day = std::cell::Cell::new(3);
+    eventually(Duration::from_secs(30), || async {
+        let next = day.get();
+        day.set(if next == 30 { 3 } else { next + 1 });
+        let reply = read(next).await;
+        let sessions = (reply.status.as_u16() == 200)
+            .then(|| reply.json()["metrics"][0]["agent_sessions_count"].clone());
+        if sessions == Some(serde_json::json!(1)) {
+            Ok(())
+        } else {
+            Err(reply.status)
+        }
+    })
+    .await;
     app.stop().await;
 }
