@@ -35,15 +35,7 @@ struct WritesBlocked(PgConnection);
 impl WritesBlocked {
     fn on(database_url: &str) -> Self {
         let mut conn = PgConnection::establish(database_url).unwrap();
-        conn.batch_execute(
-            "BEGIN; \
-             DO $$ DECLARE t record; BEGIN \
-               FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP \
-                 EXECUTE format('LOCK TABLE %I IN EXCLUSIVE MODE', t.tablename); \
-               END LOOP; \
-             END $$;",
-        )
-        .unwrap();
+        metrics_test_support::block_writes(&mut conn);
         Self(conn)
     }
 }

@@ -159,3 +159,25 @@ fn unix_seconds() -> u64 {
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or_default()
 }
+
+/// Opens a transaction on `conn` that holds an `EXCLUSIVE` lock on every table of its database
+/// until it ends: reads pass, every write waits. `metrics_tables` is locked first, as a writer
+/// takes it first (its writer lock key-share locks the table's row), so that a write in flight
+/// finishes instead of deadlocking with the locking.
+///
+/// # Panics
+///
+/// When a statement fails.
+pub fn block_writes(conn: &mut PgConnection) {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(
+        "BEGIN; \
+         DO $$ DECLARE t record; BEGIN \
+           FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' \
+               ORDER BY tablename <> 'metrics_tables', tablename LOOP \
+             EXECUTE format('LOCK TABLE %I IN EXCLUSIVE MODE', t.tablename); \
+           END LOOP; \
+         END $$;",
+    )
+    .unwrap();
+}

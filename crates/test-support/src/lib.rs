@@ -16,5 +16,5 @@ pub mod proxy;
 pub mod rows;
 
 pub use broker::{ReceivedMessage, TestBroker};
-pub use database::TestDatabase;
+pub use database::{TestDatabase, block_writes};
 pub use eventually::eventually;

@@ -47,15 +47,7 @@ impl WritesBlocked {
         tokio::task::spawn_blocking(move || {
             use diesel::Connection;
             let mut conn = diesel::PgConnection::establish(&url).unwrap();
-            conn.batch_execute(
-                "BEGIN; \
-                 DO $$ DECLARE t record; BEGIN \
-                   FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP \
-                     EXECUTE format('LOCK TABLE %I IN EXCLUSIVE MODE', t.tablename); \
-                   END LOOP; \
-                 END $$;",
-            )
-            .unwrap();
+            metrics_test_support::block_writes(&mut conn);
             Self(conn)
         })
         .await
