@@ -137,10 +137,10 @@ fn bench_apply(conn: &mut PgConnection) {
         timings: Arc::clone(&timings),
         current: None,
     });
-    for (batch, sessions) in [(1usize, 1_000usize), (100, 10_000), (1_000, 25_000)] {
+    for (batch, sessions, users, days) in apply_runs() {
         let name: TableName = format!("apply_batch_{batch}").parse().unwrap();
         let table = register_table(conn, &name).unwrap();
-        let events = stream(sessions, 100, 7);
+        let events = stream(sessions, users, days);
         let decode = decode_time(&events, batch);
         *timings.lock().unwrap() = Timings::default();
         let started = Instant::now();
@@ -158,6 +158,30 @@ fn bench_apply(conn: &mut PgConnection) {
         timings.lock().unwrap().print(batches, elapsed, decode);
     }
     conn.set_instrumentation(|_: InstrumentationEvent<'_>| {});
+}
+
+/// The `apply` runs: (batch size, sessions, users, days). By default batches of 1, 100 and
+/// 1,000 events over 1,000, 10,000 and 25,000 sessions of 100 users in 7 days; `APPLY_RUNS`
+/// replaces them, as space-separated `BATCH:SESSIONS[:USERS[:DAYS]]` (for example `12:50000:500:30`,
+/// ingest's transactions of single-event messages on the drain benchmark's traffic).
+fn apply_runs() -> Vec<(usize, usize, usize, u32)> {
+    let Ok(runs) = std::env::var("APPLY_RUNS") else {
+        return vec![
+            (1, 1_000, 100, 7),
+            (100, 10_000, 100, 7),
+            (1_000, 25_000, 100, 7),
+        ];
+    };
+    runs.split_whitespace()
+        .map(|run| {
+            let mut parts = run.split(':').map(|part| part.parse::<usize>().unwrap());
+            let batch = parts.next().unwrap();
+            let sessions = parts.next().unwrap();
+            let users = parts.next().unwrap_or(100);
+            let days = u32::try_from(parts.next().unwrap_or(7)).unwrap();
+            (batch, sessions, users, days)
+        })
+        .collect()
 }
 
 /// How long decoding the batches of `events` takes, as the message bodies ingest receives: one
