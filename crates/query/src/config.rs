@@ -82,6 +82,12 @@ pub struct HttpSettings {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(rename = "shutdown_timeout_ms", deserialize_with = "millis")]
     pub shutdown_timeout: Duration,
+    /// Longest a new connection may take to send its first request head; then 408 and close.
+    #[serde(rename = "header_timeout_ms", deserialize_with = "positive_millis")]
+    pub header_timeout: Duration,
+    /// Longest a connection may stay idle between requests before the service closes it.
+    #[serde(rename = "keep_alive_ms", deserialize_with = "positive_millis")]
+    pub keep_alive: Duration,
 }
 
 /// The admin listener.
@@ -334,6 +340,8 @@ mod tests {
         assert_eq!(settings.admin.listen, "0.0.0.0:7778".parse().unwrap());
         assert_eq!(settings.http.workers, 0);
         assert_eq!(settings.http.request_timeout, Duration::from_secs(5));
+        assert_eq!(settings.http.header_timeout, Duration::from_secs(5));
+        assert_eq!(settings.http.keep_alive, Duration::from_secs(5));
         assert_eq!(settings.pool_size, 8);
         assert_eq!(
             settings.cache,

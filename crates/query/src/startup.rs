@@ -258,6 +258,8 @@ impl Application {
             workers,
             max_blocking_threads: connections.div_ceil(workers).max(2),
             shutdown_timeout: settings.http.shutdown_timeout,
+            client_request_timeout: settings.http.header_timeout,
+            keep_alive: settings.http.keep_alive,
             ..http1::ServerSettings::default()
         };
         // Not `HttpServer`: its connections cannot be wrapped, and the API listener's are, to

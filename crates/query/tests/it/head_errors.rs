@@ -3,6 +3,8 @@
 //! body, over real HTTP/1.1 on loopback against the service; normal, keep-alive and pipelined
 //! requests on the same connections are answered as before.
 
+use std::time::{Duration, Instant};
+
 use metrics_query::error::{MAX_HEAD_BYTES, MAX_HEADERS};
 use metrics_test_support::TestDatabase;
 use serde_json::Value;
@@ -229,32 +231,58 @@ async fn too_many_headers_are_431_with_the_contract_body() {
     app.stop().await;
 }
 
-/// actix-http's default client request timeout, which the service keeps.
-const CLIENT_REQUEST_TIMEOUT_MS: u64 = 5000;
-
 #[actix_web::test]
 async fn a_head_not_received_in_time_is_408_with_the_contract_body() {
+    const HEADER_TIMEOUT_MS: u64 = 1200;
     let db = TestDatabase::migrated();
-    let app = TestApp::spawn(settings(db.url()));
+    let mut settings = settings(db.url());
+    settings.http.header_timeout = Duration::from_millis(HEADER_TIMEOUT_MS);
+    let app = TestApp::spawn(settings);
     let mut connection = Connection::open(&app).await;
+    let sent = Instant::now();
     connection
         .send(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n")
         .await;
-    // The service answers once the timeout has passed.
+    // The service answers once the timeout has passed, not before.
     let response = connection.response(false).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(HEADER_TIMEOUT_MS - 200),
+        "answered after {:?}",
+        sent.elapsed()
+    );
     assert_eq!(
         response.contract(),
         (
             408,
             JSON,
             error(
-                &format!("The request head was not received within {CLIENT_REQUEST_TIMEOUT_MS} ms"),
+                &format!("The request head was not received within {HEADER_TIMEOUT_MS} ms"),
                 "REQUEST_TIMEOUT"
             )
         )
     );
     assert_eq!(response.header("connection"), Some("close"));
     connection.assert_closed().await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time() {
+    const KEEP_ALIVE_MS: u64 = 1200;
+    let db = TestDatabase::migrated();
+    let mut settings = settings(db.url());
+    settings.http.keep_alive = Duration::from_millis(KEEP_ALIVE_MS);
+    let app = TestApp::spawn(settings);
+    let mut connection = Connection::open(&app).await;
+    connection.send(get("/metrics").as_bytes()).await;
+    assert_eq!(connection.response(false).await.status, 200);
+    let idle = Instant::now();
+    connection.assert_closed().await;
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(KEEP_ALIVE_MS - 200) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
     app.stop().await;
 }
 
