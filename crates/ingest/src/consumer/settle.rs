@@ -39,7 +39,8 @@ struct Sorted {
     ignored: usize,
     /// The deliveries, in delivery-tag order.
     deliveries: Vec<Delivery>,
-    /// Their bodies' shares of the byte budget, released once the batch is settled.
+    /// Their bodies' shares of the byte budget, released once the batch is written and its dead
+    /// letters confirmed.
     held: Vec<Held>,
 }
 
@@ -183,9 +184,15 @@ async fn settle_batch(
     let tally = Tally::new(written?, origins);
     dead_letter::publish(context, publisher, &deliveries, &tally.refused).await?;
 
+    // The bodies are of no more use: they are released before the acknowledgement, which lets
+    // the broker push the next deliveries at once. Released after it, the next bodies could
+    // arrive while these were still held: up to a batch of bodies over the byte budget.
+    let acker = last.acker.clone();
+    drop(deliveries);
+    drop(held);
     let acked = timeout(
         BROKER_TIMEOUT,
-        last.acker.ack(BasicAckOptions { multiple: true }),
+        acker.ack(BasicAckOptions { multiple: true }),
     )
     .await
     .map_err(|_| SessionError::Timeout {
@@ -195,8 +202,6 @@ async fn settle_batch(
     if !acked {
         return Err(SessionError::ChannelClosed);
     }
-    drop(deliveries);
-    drop(held);
     context.health.batch_settled();
     let dead_lettered = dead_letters.len() + tally.refused.len();
     let metrics = &context.metrics;
