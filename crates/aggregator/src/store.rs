@@ -657,9 +657,8 @@ pub(crate) fn write_rows(
         let column = |value: fn(&DailyMetrics) -> i64| {
             chunk.iter().map(|(_, row)| value(row)).collect::<Vec<_>>()
         };
-        let mut query = diesel::sql_query(rows.upsert())
-            .into_boxed::<Pg>()
-            .bind::<Integer, _>(table.0);
+        // An insert from arrays: one sensible plan, so prepared once per connection.
+        let mut query = Prepared::new(rows.upsert()).bind::<Integer, _>(table.0);
         if rows == RowTable::PerUser {
             query = query.bind::<Array<Text>, _>(
                 chunk
