@@ -46,6 +46,33 @@ mod outage;
 /// they would mostly measure each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The longest a single exchange with the broker (a connection, a declare, a get, a close) may
+/// take in the suite's own helpers: a broker that stops answering fails the test with the step
+/// it was in, never hangs it.
+const BROKER_STEP: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, at most [`BROKER_STEP`]; panics naming `what` when it takes longer.
+async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BROKER_STEP, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {BROKER_STEP:?}"))
+}
+
+/// Opens a connection to the broker for the suite's helpers, bounded by [`BROKER_STEP`].
+async fn connect(amqp_url: &str) -> AmqpConnection {
+    bounded(
+        "connecting to RabbitMQ",
+        AmqpConnection::connect(amqp_url, ConnectionProperties::default()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Closes a helper's connection; one that does not close in time is left to drop.
+async fn close(connection: &AmqpConnection) {
+    let _ = tokio::time::timeout(BROKER_STEP, connection.close(0, "done".into())).await;
+}
+
 const TABLE: &str = "agno_metrics";
 const EXCHANGE: &str = "agentos.events";
 const QUEUE: &str = "metrics.faults";
@@ -156,18 +183,20 @@ fn split(messages: &[OutgoingMessage], events: &mut Vec<Event>, poison: &mut BTr
 /// Every message of the dead-letter queue `<queue>.dead`: body and whether it carries the
 /// reason header.
 async fn drain_dead_letters(amqp_url: &str, queue: &str) -> Vec<(Vec<u8>, bool)> {
-    let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
+    let connection = connect(amqp_url).await;
+    let channel = bounded("opening a channel", connection.create_channel())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     let mut letters = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
+    while let Some(message) = bounded(
+        "getting a dead letter",
+        channel.basic_get(
             format!("{queue}.dead").as_str().into(),
             BasicGetOptions::default(),
-        )
-        .await
-        .unwrap()
+        ),
+    )
+    .await
+    .unwrap()
     {
         let has_reason = message
             .delivery
@@ -179,34 +208,37 @@ async fn drain_dead_letters(amqp_url: &str, queue: &str) -> Vec<(Vec<u8>, bool)>
                 |value| matches!(value, AMQPValue::LongString(text) if !text.as_bytes().is_empty()),
             );
         letters.push((message.delivery.data.clone(), has_reason));
-        message
-            .delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .unwrap();
+        bounded(
+            "acknowledging a dead letter",
+            message.delivery.ack(BasicAckOptions::default()),
+        )
+        .await
+        .unwrap();
     }
-    let _ = connection.close(0, "done".into()).await;
+    close(&connection).await;
     letters
 }
 
 /// Messages ready in `queue`, and its consumers (a passive declare).
 async fn queue_state(amqp_url: &str, queue: &str) -> (u32, u32) {
-    let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
+    let connection = connect(amqp_url).await;
+    let channel = bounded("opening a channel", connection.create_channel())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
+    let declared = bounded(
+        "declaring the queue passively",
+        channel.queue_declare(
             queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = connection.close(0, "done".into()).await;
+        ),
+    )
+    .await
+    .unwrap();
+    close(&connection).await;
     (declared.message_count(), declared.consumer_count())
 }
 
@@ -219,14 +251,16 @@ async fn ready_in_queue(amqp_url: &str, queue: &str) -> u32 {
 /// producer does: what the broker refuses (a quorum queue just after a restart, before it has a
 /// leader) is published again. Once this returns, the broker holds every message on disk.
 async fn publish(amqp_url: &str, exchange: &str, messages: &[OutgoingMessage]) {
-    let connection = AmqpConnection::connect(amqp_url, ConnectionProperties::default())
+    let connection = connect(amqp_url).await;
+    let channel = bounded("opening a channel", connection.create_channel())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    bounded(
+        "enabling publisher confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .unwrap();
     let mut pending: Vec<&OutgoingMessage> = messages.iter().collect();
     for attempt in 1.. {
         let mut confirms = Vec::with_capacity(pending.len());
@@ -277,7 +311,7 @@ async fn publish(amqp_url: &str, exchange: &str, messages: &[OutgoingMessage]) {
         pending = refused;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = connection.close(0, "done".into()).await;
+    close(&connection).await;
 }
 
 /// `metrics-ingest migrate` on `database_url`.
@@ -490,7 +524,19 @@ async fn nothing_is_lost_or_counted_twice_through_crashes_and_restarts() {
         }
     }
     for Reaped(loadgen) in &mut loadgens {
-        let status = loadgen.wait().unwrap();
+        // Publishing lasts about 34 s; a producer still running long after is stuck.
+        let until = Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(status) = loadgen.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= until {
+                let _ = loadgen.kill();
+                let _ = loadgen.wait();
+                panic!("metrics-loadgen was still publishing 180 s after it started");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let mut stderr = String::new();
         if let Some(mut err) = loadgen.stderr.take() {
             std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();

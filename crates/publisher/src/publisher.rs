@@ -13,6 +13,9 @@ use tokio::time::{sleep, timeout};
 
 use crate::message::OutgoingMessage;
 
+/// How long closing a connection may take before it is dropped: one that broke may never answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How a [`Publisher`] connects and retries.
 #[derive(Debug, Clone)]
 pub struct PublisherOptions {
@@ -31,7 +34,10 @@ pub struct PublisherOptions {
     /// The longest wait before reconnecting; the waits start again from `min_backoff` once
     /// publishing has worked this long.
     pub max_backoff: Duration,
-    /// The longest wait for connecting or for a window's confirms.
+    /// The longest wait for connecting (with the channel and the exchange's declaration), or
+    /// for publishing a window and having its confirms: a broker that takes the connection or
+    /// the messages and then stops answering (as a node still booting, or one blocked by an
+    /// alarm, may) costs one attempt, never a hang.
     pub timeout: Duration,
 }
 
@@ -182,10 +188,10 @@ impl Publisher {
                 Err(err) => {
                     tracing::warn!(error = %err, attempt, "publishing failed; reconnecting");
                     if let Some(broken) = link.take() {
-                        let _ = broken
+                        let closing = broken
                             .connection
-                            .close(320, ShortString::from("reconnecting"))
-                            .await;
+                            .close(320, ShortString::from("reconnecting"));
+                        let _ = timeout(CLOSE_TIMEOUT, closing).await;
                     }
                     drop(link);
                     let wait = self.backoff().next_wait();
@@ -202,7 +208,21 @@ impl Publisher {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Publishes `window` on `channel` and waits for every confirm, within
+    /// [`PublisherOptions::timeout`] in all.
     async fn send(
+        &self,
+        channel: &Channel,
+        window: &[OutgoingMessage],
+    ) -> Result<(), PublishError> {
+        timeout(self.options.timeout, self.send_unbounded(channel, window))
+            .await
+            .map_err(|_| PublishError::Timeout {
+                action: "publishing a window and waiting for its confirms",
+            })?
+    }
+
+    async fn send_unbounded(
         &self,
         channel: &Channel,
         window: &[OutgoingMessage],
@@ -226,11 +246,8 @@ impl Publisher {
             );
         }
         for confirm in confirms {
-            let confirmation = timeout(self.options.timeout, confirm)
+            let confirmation = confirm
                 .await
-                .map_err(|_| PublishError::Timeout {
-                    action: "waiting for a publisher confirm",
-                })?
                 .map_err(PublishError::amqp("waiting for a publisher confirm"))?;
             if confirmation.is_nack() {
                 return Err(PublishError::Nacked);
@@ -242,24 +259,32 @@ impl Publisher {
     /// Closes the channel and the connection.
     pub async fn close(self) {
         if let Some(link) = self.link.lock().await.take() {
-            let _ = link.channel.close(200, ShortString::from("done")).await;
-            let _ = link.connection.close(200, ShortString::from("done")).await;
+            let closing = link.channel.close(200, ShortString::from("done"));
+            let _ = timeout(CLOSE_TIMEOUT, closing).await;
+            let closing = link.connection.close(200, ShortString::from("done"));
+            let _ = timeout(CLOSE_TIMEOUT, closing).await;
         }
     }
 }
 
+/// Connects, opens a channel in confirm mode and declares the exchange, within
+/// [`PublisherOptions::timeout`] in all.
 async fn open(url: &str, options: &PublisherOptions) -> Result<Link, PublishError> {
-    let connect = Connection::connect(
-        url,
-        ConnectionProperties::default()
-            .with_connection_name(options.connection_name.as_str().into()),
-    );
-    let connection = timeout(options.timeout, connect)
+    timeout(options.timeout, open_unbounded(url, options))
         .await
         .map_err(|_| PublishError::Timeout {
             action: "connecting",
         })?
-        .map_err(PublishError::amqp("connecting"))?;
+}
+
+async fn open_unbounded(url: &str, options: &PublisherOptions) -> Result<Link, PublishError> {
+    let connection = Connection::connect(
+        url,
+        ConnectionProperties::default()
+            .with_connection_name(options.connection_name.as_str().into()),
+    )
+    .await
+    .map_err(PublishError::amqp("connecting"))?;
     let channel = connection
         .create_channel()
         .await
@@ -284,4 +309,56 @@ async fn open(url: &str, options: &PublisherOptions) -> Result<Link, PublishErro
         connection,
         channel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A listener on loopback that takes connections and never answers: a broker that has
+    /// opened its port and hangs in the handshake.
+    async fn silent_broker() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("amqp://guest:guest@{}/%2f", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_broker_silent_in_the_handshake_costs_an_attempt_not_a_hang() {
+        let (url, broker) = silent_broker().await;
+        let options = PublisherOptions {
+            attempts: 2,
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            timeout: Duration::from_millis(300),
+            ..PublisherOptions::default()
+        };
+        let started = Instant::now();
+        let result = Publisher::connect(&url, options).await;
+        let elapsed = started.elapsed();
+        broker.abort();
+        assert!(
+            matches!(
+                result,
+                Err(PublishError::Timeout {
+                    action: "connecting"
+                })
+            ),
+            "{:?}",
+            result.err()
+        );
+        // Two bounded attempts and one wait between them, not the test's own limit.
+        assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    }
 }

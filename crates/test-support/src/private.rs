@@ -308,10 +308,14 @@ impl PrivateRabbit {
                     fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
                 );
             }
+            // A node still booting may take the connection and not answer the handshake yet:
+            // each attempt is bounded, so the 90 s hold whatever the node does.
+            let url = self.url();
+            let connect = lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
             if answers(self.port)
-                && lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
+                && tokio::time::timeout(Duration::from_secs(5), connect)
                     .await
-                    .is_ok()
+                    .is_ok_and(|connected| connected.is_ok())
             {
                 return;
             }
