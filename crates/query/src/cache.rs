@@ -7,6 +7,8 @@
 //! Otherwise (no entry under the version, or nobody listening) the request falls back to the
 //! stamp: an entry whose stamp equals the table's latest change is served (and, when listening,
 //! tagged with the version read before the stamp, so the next request needs no round trip).
+//! When no entry is stored for the key at all ([`PageCache::holds`]), no stamp can make a hit,
+//! and the request reads the stamp and the rows together instead.
 //!
 //! The stamp path: a request first learns the table's latest change
 //! ([`latest_change`](metrics_aggregator::latest_change), one index probe; the aggregator's stamps
@@ -299,6 +301,16 @@ impl PageCache {
         }
     }
 
+    /// Whether an entry is stored for `key`, whatever it is current under: without one, a
+    /// stamp read cannot turn into a hit, and the caller reads the rows (and the stamp with
+    /// them) at once.
+    pub fn holds(&self, key: &PageKey) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key)
+    }
+
     /// Drops every entry of `table` in database `database`: a refresh may have deleted rows,
     /// which moves no stamp.
     pub fn invalidate(&self, database: usize, table: &TableName) {
@@ -399,12 +411,16 @@ mod tests {
             Some(Bytes::from_static(b"none"))
         );
         assert_eq!(cache.get(&user("u2"), stamp), None);
+        assert!(cache.holds(&user("u1")));
+        assert!(!cache.holds(&user("u2")));
         let other_table = PageKey {
             table: "other".parse().unwrap(),
             ..key(1)
         };
         cache.put(other_table.clone(), stamp, Bytes::from_static(b"other"));
         cache.invalidate(0, &TableName::default());
+        assert!(!cache.holds(&user("u1")));
+        assert!(cache.holds(&other_table));
         assert_eq!(cache.get(&key(1), stamp), None);
         assert_eq!(cache.get(&user("u1"), stamp), None);
         assert_eq!(

@@ -240,15 +240,23 @@ async fn read_body(
             metrics.observe_cache("hit");
             return Ok(Body::Whole(body));
         }
-        // Without a stamp (its read failed or was given up on), the rows are read directly.
-        let stamp = match cache.stamp(key.database, &key.table, &pool).await {
-            Ok(stamp) => {
-                known = Some(stamp);
-                stamp
-            }
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "reading without the cache");
-                None
+        // Without an entry for the key, no stamp can make a hit (the case of reads that vary
+        // by user or range): the rows are read at once, with the table's latest change read
+        // on the same connection just before them, so a miss costs one trip to the blocking
+        // pool, not two. Without a stamp (its read failed or was given up on), the rows are
+        // read directly too.
+        let stamp = if !cache.holds(&key) {
+            None
+        } else {
+            match cache.stamp(key.database, &key.table, &pool).await {
+                Ok(stamp) => {
+                    known = Some(stamp);
+                    stamp
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "reading without the cache");
+                    None
+                }
             }
         };
         if let Some(stamp) = stamp
