@@ -219,26 +219,30 @@ fn bounds(range: DateRange) -> (NaiveDate, NaiveDate) {
     )
 }
 
-/// The latest `updated_at` of any row of metrics table `table`, all-users or per-user, in two
-/// index probes; `None` when the table has no rows. Stamps of a table increase strictly with
-/// every committed change (see [`apply`](crate::apply)), so an unchanged stamp means unchanged
-/// rows. (A per-user row can change alone, when a late event hands a session to another user.)
+/// The latest `updated_at` of any row of metrics table `table`, all-users or per-user, in one
+/// statement of two index probes; `None` when the table has no rows. Stamps of a table increase
+/// strictly with every committed change (see [`apply`](crate::apply)), so an unchanged stamp
+/// means unchanged rows. (A per-user row can change alone, when a late event hands a session to
+/// another user.)
 ///
 /// # Errors
 ///
-/// The database error when a query fails.
+/// The database error when the query fails.
 pub fn latest_change(conn: &mut PgConnection, table: &str) -> QueryResult<Option<DateTime<Utc>>> {
-    let all_users: Option<DateTime<Utc>> = daily_metrics::table
+    let all_users = daily_metrics::table
         .filter(daily_metrics::table_id.nullable().eq(table_id(table)))
         .select(max(daily_metrics::updated_at))
-        .get_result(conn)?;
-    if all_users.is_none() {
-        return Ok(None);
-    }
-    let per_user: Option<DateTime<Utc>> = user_daily_metrics::table
+        .single_value();
+    let per_user = user_daily_metrics::table
         .filter(user_daily_metrics::table_id.nullable().eq(table_id(table)))
         .select(max(user_daily_metrics::updated_at))
-        .get_result(conn)?;
+        .single_value();
+    let (all_users, per_user): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        diesel::select((all_users, per_user)).get_result(conn)?;
+    if all_users.is_none() {
+        // No rows at all: per-user rows exist only beside the all-users row of their day.
+        return Ok(None);
+    }
     Ok(all_users.max(per_user))
 }
 
