@@ -147,6 +147,12 @@ where
             // Only how requests are framed matters to the streams' decoders.
             let decoding = ServiceConfig::default();
             fn_service(move |io: TcpStream| {
+                // A body goes out in several writes, the last of them usually shorter than a
+                // segment: with Nagle's algorithm that one would wait for the client's
+                // (possibly delayed, up to 40 ms) acknowledgement of the others.
+                if let Err(err) = io.set_nodelay(true) {
+                    tracing::debug!(error = %err, "could not set TCP_NODELAY");
+                }
                 let peer = io.peer_addr().ok();
                 std::future::ready(Ok::<_, DispatchError>((
                     ContractStream::new(io, decoding.clone(), &settings),

@@ -2,21 +2,23 @@
 //! `agentos-compat.md` for `user_id`), and the response: all users' rows or one user's.
 //!
 //! A range of up to [`WHOLE_READ_DAYS`] days is read whole, as the JSON the writer rendered for
-//! each row, joined in the database ([`metrics_aggregator::read_rendered`]): the body is that
-//! text between its head and tail, nothing is decoded. Rows without rendered JSON (written
+//! each row, joined with commas ([`metrics_aggregator::read_rendered`]): the body is that text
+//! between its head and tail, nothing is decoded. Rows without rendered JSON (written
 //! before the column existed) are read and rendered here, with the same serialisation
 //! ([`DayJson`]). Longer and open ranges are read row by row and, past [`STREAM_AFTER_BYTES`],
 //! sent as they come, so memory stays bounded whatever the table holds (a database error midway
 //! then cuts the body short).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
+use actix_web::body::SizedStream;
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use metrics_aggregator::{DailyMetrics, DateRange, DayJson, MetricsPage, Pool};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
@@ -188,7 +190,7 @@ pub async fn get_metrics(
     let mut response = HttpResponse::Ok();
     response.content_type(ContentType::json());
     Ok(match body {
-        Body::Whole(body) => response.body(body),
+        Body::Whole(body) => response.body(in_parts(body)),
         Body::Streaming(first, rest) => {
             let rest = futures_util::stream::unfold(rest, |mut rest| async move {
                 rest.recv().await.map(|chunk| (chunk, rest))
@@ -198,6 +200,20 @@ pub async fn get_metrics(
     })
 }
 
+/// A whole body as actix-http is best given it: with its length (`content-length`, the same
+/// bytes on the wire) and in parts of [`CHUNK_BYTES`] that share its buffer. The dispatcher
+/// copies a body into its connection's write buffer until that holds its configured size
+/// (32 KiB), and replaces a write buffer grown past 128 KiB with a new one once written; given a
+/// 330 KB body in one piece, it would allocate, fault in and free a buffer of that size for
+/// every response, which cost about a sixth of a per-user read's throughput.
+fn in_parts(body: Bytes) -> SizedStream<impl Stream<Item = Result<Bytes, Infallible>>> {
+    let size = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    let parts = (0..body.len())
+        .step_by(CHUNK_BYTES)
+        .map(move |start| Ok(body.slice(start..body.len().min(start + CHUNK_BYTES))));
+    SizedStream::new(size, futures_util::stream::iter(parts))
+}
+
 /// A response body: whole, or (past [`STREAM_AFTER_BYTES`]) its first part and the rest as the
 /// database hands it over.
 enum Body {
@@ -205,15 +221,15 @@ enum Body {
     Streaming(Bytes, mpsc::Receiver<Result<Bytes, std::io::Error>>),
 }
 
-/// Ranges up to this many days are read in one piece (the rows joined by PostgreSQL); longer or
-/// open ones row by row, so that memory stays bounded whatever the table holds.
+/// Ranges up to this many days are read in one piece (one query, the rows joined here); longer
+/// or open ones row by row, so that memory stays bounded whatever the table holds.
 const WHOLE_READ_DAYS: i64 = 1_000;
 
 /// A body read row by row is sent as it comes once it passes this size (it is then not cached);
 /// a smaller one is sent whole.
 const STREAM_AFTER_BYTES: usize = 1 << 20;
 
-/// The size of the parts a streamed body is sent in.
+/// The size of the parts a body is handed to actix-http in.
 const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The start of every body, up to the rows.

@@ -164,3 +164,46 @@ async fn long_tables_stream_row_by_row_with_the_same_bytes() {
     }
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_whole_read_larger_than_a_part_keeps_its_length_and_bytes() {
+    let db = TestDatabase::migrated();
+    write(
+        &db,
+        "agno_metrics",
+        &[session("s1", "2025-07-29T10:00:00Z", Agent, Some("alice"))],
+    );
+    // 400 days of about 600 bytes: a whole read (a bounded range) over several of the parts a
+    // body is handed to the server in.
+    let mut conn = db.connect();
+    diesel::sql_query(
+        "INSERT INTO daily_metrics (table_id, date, agent_runs_count, cost, model_metrics) \
+         SELECT id, DATE '2020-01-01' + g, g, g * 0.001, \
+             '[{\"model_id\":\"gpt-4o\",\"model_provider\":\"OpenAI\",\"count\":2}]' \
+         FROM metrics_tables, generate_series(0, 399) AS g WHERE name = 'agno_metrics'",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let range = DateRange {
+        start: chrono::NaiveDate::from_ymd_opt(2020, 1, 1),
+        end: chrono::NaiveDate::from_ymd_opt(2021, 12, 31),
+    };
+    let expected = body(&metrics_aggregator::read(&mut conn, "agno_metrics", range).unwrap());
+    assert!(expected.len() > 3 * 64 * 1024, "{}", expected.len());
+    let app = TestApp::spawn(settings(db.url()));
+
+    // Twice: a miss, then the same body from the cache.
+    for _ in 0..2 {
+        let reply = app
+            .get("/metrics?starting_date=2020-01-01&ending_date=2021-12-31", &[])
+            .await;
+        assert_eq!(reply.status.as_u16(), 200);
+        assert_eq!(reply.header("transfer-encoding"), None);
+        assert_eq!(
+            reply.header("content-length"),
+            Some(expected.len().to_string().as_str())
+        );
+        assert_eq!(String::from_utf8(reply.body).unwrap(), expected);
+    }
+    app.stop().await;
+}
