@@ -190,6 +190,7 @@ pub async fn get_metrics(
     let mut response = HttpResponse::Ok();
     response.content_type(ContentType::json());
     Ok(match body {
+        Body::Whole(body) if body.len() <= CHUNK_BYTES => response.body(body),
         Body::Whole(body) => response.body(in_parts(body)),
         Body::Streaming(first, rest) => {
             let rest = futures_util::stream::unfold(rest, |mut rest| async move {
@@ -200,7 +201,7 @@ pub async fn get_metrics(
     })
 }
 
-/// A whole body as actix-http is best given it: with its length (`content-length`, the same
+/// A whole body larger than [`CHUNK_BYTES`] as actix-http is best given it: with its length (`content-length`, the same
 /// bytes on the wire) and in parts of [`CHUNK_BYTES`] that share its buffer. The dispatcher
 /// copies a body into its connection's write buffer until that holds its configured size
 /// (32 KiB), and replaces a write buffer grown past 128 KiB with a new one once written; given a

@@ -195,7 +195,10 @@ async fn a_whole_read_larger_than_a_part_keeps_its_length_and_bytes() {
     // Twice: a miss, then the same body from the cache.
     for _ in 0..2 {
         let reply = app
-            .get("/metrics?starting_date=2020-01-01&ending_date=2021-12-31", &[])
+            .get(
+                "/metrics?starting_date=2020-01-01&ending_date=2021-12-31",
+                &[],
+            )
             .await;
         assert_eq!(reply.status.as_u16(), 200);
         assert_eq!(reply.header("transfer-encoding"), None);
