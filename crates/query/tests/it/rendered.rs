@@ -132,24 +132,33 @@ async fn assert_bodies(db: &TestDatabase, conn: &mut diesel::PgConnection) {
     app.stop().await;
 }
 
-#[actix_web::test]
-async fn long_tables_stream_row_by_row_with_the_same_bytes() {
+/// A database whose table has one session (so the table is registered) and `days` all-users
+/// rows from `first` on, without rendered JSON, inserted directly.
+fn days_of_rows(first: &str, days: u32) -> (TestDatabase, diesel::PgConnection) {
     let db = TestDatabase::migrated();
     write(
         &db,
         "agno_metrics",
         &[session("s1", "2025-07-29T10:00:00Z", Agent, Some("alice"))],
     );
-    // 3,000 days: about 2 MB, past the size from which a body is streamed.
     let mut conn = db.connect();
     diesel::sql_query(
         "INSERT INTO daily_metrics (table_id, date, agent_runs_count, cost, model_metrics) \
-         SELECT id, DATE '2001-01-01' + g, g, g * 0.001, \
+         SELECT id, $1::date + g, g, g * 0.001, \
              '[{\"model_id\":\"gpt-4o\",\"model_provider\":\"OpenAI\",\"count\":2}]' \
-         FROM metrics_tables, generate_series(0, 2999) AS g WHERE name = 'agno_metrics'",
+         FROM metrics_tables, generate_series(0, $2 - 1) AS g WHERE name = 'agno_metrics'",
     )
+    .bind::<diesel::sql_types::Text, _>(first)
+    .bind::<diesel::sql_types::Integer, _>(i32::try_from(days).unwrap())
     .execute(&mut conn)
     .unwrap();
+    (db, conn)
+}
+
+#[actix_web::test]
+async fn long_tables_stream_row_by_row_with_the_same_bytes() {
+    // 3,000 days: about 2 MB, past the size from which a body is streamed.
+    let (db, mut conn) = days_of_rows("2001-01-01", 3000);
     let expected =
         body(&metrics_aggregator::read(&mut conn, "agno_metrics", DateRange::default()).unwrap());
     assert!(expected.len() > 1 << 20, "{}", expected.len());
@@ -167,23 +176,9 @@ async fn long_tables_stream_row_by_row_with_the_same_bytes() {
 
 #[actix_web::test]
 async fn a_whole_read_larger_than_a_part_keeps_its_length_and_bytes() {
-    let db = TestDatabase::migrated();
-    write(
-        &db,
-        "agno_metrics",
-        &[session("s1", "2025-07-29T10:00:00Z", Agent, Some("alice"))],
-    );
     // 400 days of about 600 bytes: a whole read (a bounded range) over several of the parts a
     // body is handed to the server in.
-    let mut conn = db.connect();
-    diesel::sql_query(
-        "INSERT INTO daily_metrics (table_id, date, agent_runs_count, cost, model_metrics) \
-         SELECT id, DATE '2020-01-01' + g, g, g * 0.001, \
-             '[{\"model_id\":\"gpt-4o\",\"model_provider\":\"OpenAI\",\"count\":2}]' \
-         FROM metrics_tables, generate_series(0, 399) AS g WHERE name = 'agno_metrics'",
-    )
-    .execute(&mut conn)
-    .unwrap();
+    let (db, mut conn) = days_of_rows("2020-01-01", 400);
     let range = DateRange {
         start: chrono::NaiveDate::from_ymd_opt(2020, 1, 1),
         end: chrono::NaiveDate::from_ymd_opt(2021, 12, 31),
