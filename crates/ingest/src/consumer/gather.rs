@@ -12,7 +12,7 @@ use tracing::{debug, debug_span};
 use super::budget::{Budget, Held};
 use super::dead_letter::{self, DeadLetterChannel};
 use super::requeue::Deliveries;
-use super::session::InFlight;
+use super::session::{InFlight, Lost};
 use super::{Context, error_chain};
 use crate::error::SessionError;
 use crate::telemetry::Outcome;
@@ -53,6 +53,8 @@ pub(super) struct Gatherer<'a> {
     /// What the reader task passes on (`requeue::read_deliveries`).
     pub deliveries: &'a mut Deliveries,
     pub publisher: &'a DeadLetterChannel,
+    /// Whether the connection has failed.
+    pub lost: &'a Lost,
     pub budget: &'a Budget,
     /// Most deliveries in a batch: `batch.size`, or the prefetch when that is lower.
     pub batch_size: usize,
@@ -85,6 +87,7 @@ impl Gatherer<'_> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Gathered::Stopping(batch),
+                err = self.lost.wait() => return Gathered::Closed(err),
                 () = in_flight.finished(), if busy => {}
                 next = self.deliveries.recv() => match next {
                     Some(Ok(delivery)) => {

@@ -2,20 +2,22 @@
 //! batches until shutdown or failure, and close.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, Event};
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::budget::{Budget, prefetch};
 use super::dead_letter::DeadLetterChannel;
@@ -29,9 +31,78 @@ use crate::error::SessionError;
 /// A connection with its consuming channel, its dead-letter channel and its consumer.
 pub(super) struct Session {
     connection: Connection,
+    lost: Lost,
     channel: Channel,
     publisher: DeadLetterChannel,
     consumer: Consumer,
+}
+
+/// Whether the connection has failed, as the client reports it on the connection's event
+/// stream. Every wait on the broker during a session also waits on this: the client leaves some
+/// of its promises pending for ever once the connection is gone (an acknowledgement queued just
+/// as its channel dies is dropped unanswered), and the failure must end the session at once,
+/// not after [`BROKER_TIMEOUT`](super::BROKER_TIMEOUT).
+pub(super) struct Lost {
+    token: CancellationToken,
+    error: Arc<OnceLock<lapin::Error>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Lost {
+    /// Starts watching `connection`'s events; the watch ends when this is dropped.
+    fn watch(connection: &Connection) -> Self {
+        let token = CancellationToken::new();
+        let error = Arc::new(OnceLock::new());
+        let mut events = Box::pin(connection.events_listener());
+        let watcher = tokio::spawn({
+            let token = token.clone();
+            let error = Arc::clone(&error);
+            async move {
+                while let Some(event) = events.next().await {
+                    if let Event::Error(err) = event {
+                        warn!(error = %err, "the RabbitMQ connection failed");
+                        let _ = error.set(err);
+                        token.cancel();
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            token,
+            error,
+            watcher,
+        }
+    }
+
+    /// Resolves once the connection has failed, with the client's error; cancel-safe.
+    pub(super) async fn wait(&self) -> SessionError {
+        self.token.cancelled().await;
+        match self.error.get() {
+            Some(err) => SessionError::Amqp {
+                action: "keeping the connection",
+                source: err.clone(),
+            },
+            None => SessionError::ChannelClosed,
+        }
+    }
+
+    /// Runs `work` unless the connection fails first.
+    pub(super) async fn unless<T>(
+        &self,
+        work: impl Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        tokio::select! {
+            result = work => result,
+            err = self.wait() => Err(err),
+        }
+    }
+}
+
+impl Drop for Lost {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 impl Session {
@@ -57,6 +128,7 @@ impl Session {
                 .map_err(|_| SessionError::Timeout { action: "connecting" })?
                 .map_err(SessionError::amqp("connecting"))?,
         };
+        let lost = Lost::watch(&connection);
         // Every step is bounded: a connection that dies mid-setup must not leave a promise
         // pending.
         let opened = timeout(connect_timeout, open_channels(context, &connection))
@@ -72,6 +144,7 @@ impl Session {
                     frame_max: connection.configuration().frame_max(),
                 },
                 connection,
+                lost,
                 channel,
                 consumer,
             })),
@@ -99,6 +172,7 @@ impl Session {
         );
         let Self {
             connection,
+            lost,
             channel,
             publisher,
             consumer,
@@ -108,6 +182,7 @@ impl Session {
         let result = run(
             context,
             shutdown,
+            &lost,
             &channel,
             &publisher,
             &consumer_tag,
@@ -131,6 +206,7 @@ impl Session {
 async fn run(
     context: &Arc<Context>,
     shutdown: &CancellationToken,
+    lost: &Lost,
     channel: &Channel,
     publisher: &DeadLetterChannel,
     consumer_tag: &ShortString,
@@ -146,6 +222,7 @@ async fn run(
         context,
         deliveries,
         publisher,
+        lost,
         budget: &budget,
         batch_size,
     };
@@ -153,7 +230,7 @@ async fn run(
     loop {
         match gatherer.gather(&mut in_flight, shutdown).await {
             Gathered::Ready(batch) => {
-                in_flight.wait().await?;
+                in_flight.wait_unless(lost).await?;
                 let task = settle(
                     Arc::clone(context),
                     publisher.clone(),
@@ -170,18 +247,18 @@ async fn run(
                     channel.basic_cancel(consumer_tag.clone(), BasicCancelOptions::default()),
                 )
                 .await;
-                in_flight.wait().await?;
+                in_flight.wait_unless(lost).await?;
                 info!(
                     deliveries = batch.deliveries.len(),
                     "stopping: settling the batch in hand"
                 );
                 if !batch.deliveries.is_empty() {
-                    settle(
+                    lost.unless(settle(
                         Arc::clone(context),
                         publisher.clone(),
                         batch,
                         CancellationToken::new(),
-                    )
+                    ))
                     .await?;
                 }
                 return Ok(());
@@ -279,5 +356,71 @@ impl InFlight {
     async fn wait(&mut self) -> Result<(), SessionError> {
         self.finished().await;
         self.result.take().unwrap_or(Ok(()))
+    }
+
+    /// Waits for the batch to end, unless the connection fails first: then the batch can no
+    /// longer be acknowledged, so it is aborted and its deliveries return to the queue.
+    async fn wait_unless(&mut self, lost: &Lost) -> Result<(), SessionError> {
+        let result = lost.unless(self.wait()).await;
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+
+    use metrics_test_support::TestBroker;
+    use metrics_test_support::proxy::Proxy;
+
+    use super::*;
+
+    /// A connection cut under the client ends every wait of the session within moments,
+    /// including one that the client itself would never resolve.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_connection_ends_the_waits_of_the_session() {
+        let broker = TestBroker::new().await;
+        let mut url = url::Url::parse(broker.url()).unwrap();
+        let upstream = url.socket_addrs(|| Some(5672)).unwrap()[0];
+        let proxy = Proxy::start(upstream).await;
+        url.set_port(Some(proxy.port)).unwrap();
+        let connection = Connection::connect(url.as_str(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let lost = Lost::watch(&connection);
+        assert!(
+            timeout(Duration::from_millis(200), lost.wait())
+                .await
+                .is_err(),
+            "a working connection is not reported lost"
+        );
+
+        assert_eq!(proxy.cut(), 1);
+        let ended = timeout(
+            Duration::from_secs(5),
+            lost.unless(pending::<Result<(), SessionError>>()),
+        )
+        .await
+        .expect("the wait ends once the connection is cut");
+        assert!(
+            matches!(
+                ended,
+                Err(SessionError::Amqp {
+                    action: "keeping the connection",
+                    ..
+                })
+            ),
+            "{ended:?}"
+        );
+        // Every later wait ends at once too.
+        assert!(
+            timeout(Duration::from_millis(100), lost.wait())
+                .await
+                .is_ok()
+        );
+        broker.cleanup().await;
     }
 }
