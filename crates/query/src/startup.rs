@@ -270,21 +270,23 @@ impl Application {
                 .wrap(from_fn(error::contract_errors))
                 .wrap(from_fn(record_request))
                 .wrap(TracingLogger::default())
-                .service(
-                    web::resource(["/metrics", "/metrics/"])
-                        .route(web::get().to(routes::metrics::get_metrics))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource(["/metrics/refresh", "/metrics/refresh/"])
-                        .route(web::post().to(routes::refresh::refresh_metrics))
-                        .default_service(web::to(routes::post_only)),
-                )
-                .service(
-                    web::resource(["/metrics/refresh/status", "/metrics/refresh/status/"])
-                        .route(web::get().to(routes::refresh::get_refresh_status))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
+                .configure(|config| {
+                    with_and_without_slash(config, "/metrics", |resource| {
+                        resource
+                            .route(web::get().to(routes::metrics::get_metrics))
+                            .default_service(web::to(routes::method_not_allowed))
+                    });
+                    with_and_without_slash(config, "/metrics/refresh", |resource| {
+                        resource
+                            .route(web::post().to(routes::refresh::refresh_metrics))
+                            .default_service(web::to(routes::post_only))
+                    });
+                    with_and_without_slash(config, "/metrics/refresh/status", |resource| {
+                        resource
+                            .route(web::get().to(routes::refresh::get_refresh_status))
+                            .default_service(web::to(routes::method_not_allowed))
+                    });
+                })
                 .service(
                     web::resource("/openapi.json")
                         .route(web::get().to(routes::openapi::get_openapi))
@@ -351,6 +353,18 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Serves `path` and `path/` alike, as the resource `build` makes, registered once for each:
+/// a resource of one static path is matched by comparing strings, where a resource of several
+/// paths is matched by a set of regular expressions on every request.
+fn with_and_without_slash(
+    config: &mut web::ServiceConfig,
+    path: &str,
+    build: impl Fn(actix_web::Resource) -> actix_web::Resource,
+) {
+    config.service(build(web::resource(path)));
+    config.service(build(web::resource(format!("{path}/"))));
 }
 
 /// Counts every API response by route and status, with its latency.
