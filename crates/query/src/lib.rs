@@ -11,7 +11,8 @@
 //!   answers by itself (a malformed, late or oversized request head) the same bodies.
 //! - [`auth`]: the bearer key and JWT scope checks; [`jwt`] verifies JWTs.
 //! - [`cache`]: rendered responses reused while their table is unchanged; [`listener`] learns
-//!   of every committed change through PostgreSQL's `LISTEN`/`NOTIFY`.
+//!   of every committed change through PostgreSQL's `LISTEN`/`NOTIFY`; [`buffers`] keeps the
+//!   buffers of the bodies that misses build, for the next miss.
 //! - [`admin`]: probes, Prometheus text, and the `healthcheck` client.
 //! - [`telemetry`]: the log subscriber and the metric definitions.
 //!
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod buffers;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::admin;
+use crate::buffers::BodyBuffers;
 use crate::cache::PageCache;
 use crate::config::Settings;
 use crate::error::{self, ApiError};
@@ -164,7 +165,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Rendered responses; `None` when `cache.entries` is 0.
     pub cache: Option<Arc<PageCache>>,
+    /// Buffers for the bodies of cache misses, used again once sent.
+    pub bodies: Arc<BodyBuffers>,
 }
+
+/// The largest body buffer kept for the next read: a whole read's body (up to 1,000 days of
+/// about 900 bytes) fits.
+const KEPT_BODY_BYTES: usize = 1 << 20;
 
 /// The service with both listeners bound, not yet serving.
 pub struct Application {
@@ -226,6 +233,12 @@ impl Application {
                  anyone who can reach it"
             );
         }
+        // Every database read runs on a worker's blocking threads and holds a pooled connection
+        // while it does: more threads than connections would only queue for one, each with a
+        // malloc arena of its own that keeps the memory of the bodies it built.
+        let connections = usize::try_from(settings.pool_size)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(settings.databases.len());
         let state = web::Data::new(AppState {
             databases: databases.clone(),
             security_key: settings.auth.security_key.clone(),
@@ -239,6 +252,8 @@ impl Application {
                         .with_stamp_timeout(settings.http.request_timeout / 2),
                 )
             }),
+            // As many as there can be reads at once, each up to a whole read's largest body.
+            bodies: BodyBuffers::new(connections, KEPT_BODY_BYTES),
         });
 
         let listener = TcpListener::bind(settings.http.listen)
@@ -248,12 +263,6 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             workers => workers,
         };
-        // Every database read runs on a worker's blocking threads and holds a pooled connection
-        // while it does: more threads than connections would only queue for one, each with a
-        // malloc arena of its own that keeps the memory of the bodies it built.
-        let connections = usize::try_from(settings.pool_size)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(settings.databases.len());
         let server = http1::ServerSettings {
             workers,
             max_blocking_threads: connections.div_ceil(workers).max(2),

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, Scope};
+use crate::buffers::BodyBuffers;
 use crate::cache::{PageCache, PageKey, Version};
 use crate::error::ApiError;
 use crate::listener::Changes;
@@ -175,7 +176,8 @@ pub async fn get_metrics(
     let cache = state.cache.clone();
     let timeout = state.request_timeout;
     let metrics = state.metrics.clone();
-    let read = read_body(key, range, pool, cache, changes, metrics);
+    let bodies = state.bodies.clone();
+    let read = read_body(key, range, pool, cache, changes, metrics, bodies);
     let body = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(body)) => body,
         Ok(Err(err)) => return Err(ApiError::Internal(err.context("reading metrics"))),
@@ -249,6 +251,7 @@ async fn read_body(
     cache: Option<Arc<PageCache>>,
     changes: Option<Arc<Changes>>,
     metrics: Arc<Metrics>,
+    bodies: Arc<BodyBuffers>,
 ) -> anyhow::Result<Body> {
     // The listener's version before anything is read (see `crate::cache`).
     let notified = changes.as_deref().and_then(Changes::version);
@@ -309,8 +312,8 @@ async fn read_body(
                 None => render(&MetricsPage::default())?,
                 Some(_) => {
                     let user = key.user.as_deref();
-                    // About 900 bytes a row with three models; one allocation for most reads.
-                    let mut body = Vec::with_capacity(HEAD.len() + 64 + days(range) * 928);
+                    // About 900 bytes a row with three models: room for most reads.
+                    let mut body = bodies.take(HEAD.len() + 64 + days(range) * 928);
                     body.extend_from_slice(HEAD);
                     if metrics_aggregator::read_rendered(&mut conn, table, user, range, &mut body)?
                     {
@@ -325,10 +328,7 @@ async fn read_body(
                     }
                 }
             };
-            let mut body = body;
-            // A cached body keeps its allocation: none of it unused.
-            body.shrink_to_fit();
-            let body = Bytes::from(body);
+            let body = bodies.freeze(body);
             if let Some(cache) = &cache {
                 cache.put_versions(key, updated_at, notified, body.clone());
             }
