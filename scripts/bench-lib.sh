@@ -6,6 +6,19 @@ if [[ -n ${BENCH_SERVER_URL:-} ]]; then
     export TEST_DATABASE_URL=$BENCH_SERVER_URL/postgres
 fi
 
+# The service reaches PostgreSQL as in the compose stack: plain TCP. Without an `sslmode`, libpq
+# prefers TLS whenever the server offers it (Debian's PostgreSQL does, with its own certificate),
+# and encrypting every row on loopback took about an eighth of the machine's CPU under per-user
+# reads. BENCH_SSLMODE=prefer measures that; a URL that names an `sslmode` keeps it.
+BENCH_SSLMODE=${BENCH_SSLMODE:-disable}
+TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+case $TEST_DATABASE_URL in
+*sslmode=*) ;;
+*\?*) TEST_DATABASE_URL="$TEST_DATABASE_URL&sslmode=$BENCH_SSLMODE" ;;
+*) TEST_DATABASE_URL="$TEST_DATABASE_URL?sslmode=$BENCH_SSLMODE" ;;
+esac
+export TEST_DATABASE_URL
+
 # The service with its defaults, logging warnings only, except its startup line, which carries
 # the ports it bound (`xtask stack` reads them).
 # shellcheck disable=SC2034 # used by the scripts that source this file

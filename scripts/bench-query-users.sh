@@ -53,7 +53,8 @@ LUA
     ceiling_run "ceiling: one user's 365-day bytes from memory" "$WORK/user.json"
     # The same reads of rows without their rendered JSON (as rows written before the column
     # existed): the service decodes and renders each row itself.
-    psql -q "$STACK_DATABASE_URL" -c "UPDATE user_daily_metrics SET rendered = NULL"
+    psql -q "$STACK_DATABASE_URL" -c "UPDATE user_daily_metrics SET rendered = NULL" \
+        -c "VACUUM ANALYZE user_daily_metrics"
     run "the same, rows not rendered (decoded and rendered per read)" "http://$STACK_API" \
         -s "$WORK/users.lua"
     peak_rss

@@ -148,6 +148,16 @@ impl Service {
         if has_http {
             command.env("METRICS_HTTP__LISTEN", "127.0.0.1:0");
         }
+        // glibc's malloc tuning, when the caller sets it: the container image sets
+        // `MALLOC_MMAP_THRESHOLD_`, and the benchmarks measure the services with it.
+        for (name, value) in std::env::vars_os() {
+            if name
+                .to_str()
+                .is_some_and(|name| name.starts_with("MALLOC_"))
+            {
+                command.env(name, value);
+            }
+        }
         let mut child = command
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))

@@ -134,6 +134,11 @@ async fn run_stack(stack: Stack) -> anyhow::Result<ExitCode> {
             let table = register_table(&mut conn, &name.parse::<TableName>()?)?;
             render_unrendered(&mut conn, table, DateRange::default())?;
         }
+        // Rendering left a dead version of every row it wrote: vacuum them, as autovacuum would
+        // soon after, so that reads see the table as it settles rather than pruning it as they
+        // go (a benchmark of reads right after the update ran 15% slower).
+        conn.batch_execute("VACUUM ANALYZE")
+            .context("vacuuming after rendering")?;
     }
     // `METRICS_*` settings of this environment reach the services (`METRICS_CACHE__ENTRIES=0
     // scripts/bench-query.sh`), except where the stack puts them; `--setting` comes last.
