@@ -34,7 +34,7 @@ impl BodyBuffers {
     /// read uses them stays under `keep * largest`.
     pub fn new(keep: usize, largest: usize) -> Arc<Self> {
         Arc::new(Self {
-            free: Mutex::new(Vec::with_capacity(keep)),
+            free: Mutex::new(Vec::new()),
             keep,
             largest,
         })
