@@ -119,6 +119,13 @@ impl Drop for Lent {
 mod tests {
     use super::*;
 
+    /// A body of `size` bytes built in a buffer of `buffers`, as a read builds one.
+    fn body(buffers: &Arc<BodyBuffers>, size: usize) -> Bytes {
+        let mut body = buffers.take(size);
+        body.resize(size, b'x');
+        buffers.freeze(body)
+    }
+
     #[test]
     fn a_sent_body_gives_its_buffer_to_the_next_read() {
         let buffers = BodyBuffers::new(2, 1 << 20);
@@ -144,11 +151,6 @@ mod tests {
 
     #[test]
     fn no_more_no_smaller_and_no_larger_buffers_are_kept_than_asked() {
-        let body = |buffers: &Arc<BodyBuffers>, size: usize| {
-            let mut body = buffers.take(size);
-            body.resize(size, b'x');
-            buffers.freeze(body)
-        };
         let buffers = BodyBuffers::new(2, 1 << 20);
         let bodies: Vec<Bytes> = (0..3).map(|_| body(&buffers, 100_000)).collect();
         drop(bodies);
@@ -165,11 +167,7 @@ mod tests {
         let buffers = BodyBuffers::new(3, 1 << 20);
         let bodies: Vec<Bytes> = [70_000, 400_000, 100_000]
             .into_iter()
-            .map(|size| {
-                let mut body = buffers.take(size);
-                body.resize(size, b'x');
-                buffers.freeze(body)
-            })
+            .map(|size| body(&buffers, size))
             .collect();
         drop(bodies);
         assert!((80_000..400_000).contains(&buffers.take(80_000).capacity()));
