@@ -19,6 +19,12 @@
 //! binaries are this program's siblings, or those in `METRICS_BIN_DIR`. The services get the
 //! `METRICS_*` settings of this program's environment (but the database, broker and listen
 //! addresses, which the stack sets), then those of `--setting`.
+//!
+//! `xtask delay --upstream HOST:PORT --micros N [--listen HOST:PORT]` forwards TCP connections
+//! with N microseconds added in each direction (module `delay`): a benchmark's server as if it
+//! were on another host.
+
+mod delay;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -44,6 +50,21 @@ struct Cli {
 enum Task {
     /// Runs a command against a throwaway database and services, then removes them.
     Stack(Stack),
+    /// Forwards TCP connections with a fixed delay each way, until stopped.
+    Delay(Delay),
+}
+
+#[derive(Debug, clap::Args)]
+struct Delay {
+    /// Where to accept connections.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    listen: std::net::SocketAddr,
+    /// The server to forward them to.
+    #[arg(long)]
+    upstream: std::net::SocketAddr,
+    /// The delay added to each direction, in microseconds.
+    #[arg(long)]
+    micros: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,14 +112,22 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    let stack = match Cli::parse().task {
+        Task::Stack(stack) => stack,
+        Task::Delay(Delay {
+            listen,
+            upstream,
+            micros,
+        }) => {
+            delay::run(listen, upstream, Duration::from_micros(micros))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let Cli {
-        task: Task::Stack(stack),
-    } = Cli::parse();
     runtime.block_on(run_stack(stack))
 }
 
