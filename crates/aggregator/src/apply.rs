@@ -19,11 +19,12 @@
 //! up to the all-users row. A per-user row that ends up counting nothing for a user who is not
 //! active that day is deleted.
 //!
-//! A batch reads the stored state of every key it names (`store.rs`: its runs, its sessions,
-//! and whether its (day, user) pairs are new), folds its events over that state in memory once
-//! (`plan.rs`, noting which changed anything), and writes back the changed records in one
-//! statement (new ones with plain inserts, changed ones over the stored rows) and then the
-//! changed day rows. All of it happens under a transaction-level advisory lock per metrics table: every
+//! A batch reads the stored state of every key it names in one statement (`store.rs`: its runs,
+//! its sessions, and whether its (day, user) pairs are new), folds its events over that state in
+//! memory once (`plan.rs`, noting which changed anything), reads the day rows the fold changed
+//! in one more, and writes back everything that changed in a third: the changed records (new
+//! ones with plain inserts, changed ones over the stored rows) and day rows. Between `BEGIN` and
+//! `COMMIT` a batch is four statements, with the lock, whatever its size. All of it happens under a transaction-level advisory lock per metrics table: every
 //! event of a day updates that day's row, so concurrent writers would queue on that row anyway;
 //! the lock makes the queue explicit, ordered and free of deadlocks, and lets each statement see
 //! the previous writer's committed state without `FOR UPDATE` or retries, and insert the keys it
@@ -38,7 +39,7 @@ use metrics_events::{Event, EventKind};
 use crate::error::ApplyError;
 use crate::models::{DailyMetrics, DayUser};
 use crate::plan::{DayKey, EventOutcome, Plan, Scope, day_user};
-use crate::store::{self, ChangedRecords, RowTable};
+use crate::store::{self, ChangedDays, ChangedRecords, RowTable};
 use crate::tables::TableId;
 
 /// The outcome of [`apply`]: one [`EventOutcome`] per event, in the order given.
@@ -89,8 +90,8 @@ fn apply_in_transaction(
 ) -> Result<ApplyReport, ApplyError> {
     let now = store::lock_table(conn, table)?;
 
-    // The stored state of every key the batch names, one statement per kind of record; the
-    // fold then runs once, over that state, and says which records are new and which changed.
+    // The stored state of every key the batch names, read in one statement; the fold then runs
+    // once, over that state, and says which records are new and which changed.
     let mut run_ids: Vec<&str> = events
         .iter()
         .filter_map(|event| match &event.kind {
@@ -103,21 +104,19 @@ fn apply_in_transaction(
     let mut session_ids: Vec<&str> = events.iter().map(Event::session_id).collect();
     session_ids.sort_unstable();
     session_ids.dedup();
-    let stored_runs = store::load_runs(conn, table, &run_ids)?;
-    let stored_sessions = store::load_sessions(conn, table, &session_ids)?;
+    let mut users: Vec<DayUser> = events.iter().map(|event| day_user(table, event)).collect();
+    users.sort_unstable();
+    users.dedup();
+    let stored = store::load_state(conn, table, &run_ids, &session_ids, &users)?;
     let stored_run_ids: HashSet<String> =
-        stored_runs.iter().map(|run| run.run_id.clone()).collect();
-    let stored_session_ids: HashSet<String> = stored_sessions
+        stored.runs.iter().map(|run| run.run_id.clone()).collect();
+    let stored_session_ids: HashSet<String> = stored
+        .sessions
         .iter()
         .map(|session| session.session_id.clone())
         .collect();
 
-    let mut users: Vec<DayUser> = events.iter().map(|event| day_user(table, event)).collect();
-    users.sort_unstable();
-    users.dedup();
-    let new_users = store::insert_day_users(conn, table, &users)?;
-
-    let mut plan = Plan::new(table, stored_runs, stored_sessions, new_users);
+    let mut plan = Plan::new(table, stored.runs, stored.sessions, stored.new_users);
     let outcomes = events.iter().map(|event| plan.observe(event)).collect();
 
     let mut records = ChangedRecords::default();
@@ -135,48 +134,41 @@ fn apply_in_transaction(
             records.new_sessions.push(session);
         }
     }
-    store::write_records(conn, table, &records)?;
-    for rows in [RowTable::AllUsers, RowTable::PerUser] {
-        write_day_rows(conn, table, rows, &plan, now)?;
-    }
+    let days = changed_days(conn, table, &plan, now)?;
+    store::write_changes(conn, table, &records, &days)?;
     Ok(ApplyReport { outcomes })
 }
 
-/// Applies the plan's deltas to the rows of one [`RowTable`]: upserts the rows that changed and
-/// deletes the per-user rows left counting nothing for a user who is not active on their day (a
-/// day with events always keeps its all-users row, and its no-user row while it has events naming
-/// no user).
-fn write_day_rows(
+/// The day rows the plan's deltas change, read and computed: rows to write (in key order, the
+/// order every writer locks them in) and per-user rows to delete, those left counting nothing for
+/// a user who is not active on their day (a day with events always keeps its all-users row, and
+/// its no-user row while it has events naming no user).
+fn changed_days<'p>(
     conn: &mut PgConnection,
     table: TableId,
-    rows: RowTable,
-    plan: &Plan,
+    plan: &'p Plan,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(), ApplyError> {
-    let deltas: Vec<(&DayKey, _)> = plan
-        .deltas
-        .iter()
-        .filter(|((scope, _), _)| RowTable::of(scope) == rows)
-        .collect();
-    if deltas.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<&DayKey> = deltas.iter().map(|(key, _)| *key).collect();
-    let mut stored = store::load_rows(conn, table, rows, &keys)?;
-    let mut upserts: Vec<(&Scope, DailyMetrics)> = Vec::with_capacity(deltas.len());
+) -> Result<ChangedDays<'p>, ApplyError> {
+    let keys: Vec<&DayKey> = plan.deltas.keys().collect();
+    let mut stored = store::load_day_rows(conn, table, &keys)?;
+    let mut days = ChangedDays::default();
     // Per-user rows that count nothing, and whether they are stored.
     let mut empty: Vec<(&Scope, DailyMetrics, bool)> = Vec::new();
-    for ((scope, date), delta) in deltas {
+    // In key order: the all-users rows first (`Scope::AllUsers` sorts first), then each user's.
+    for ((scope, date), delta) in &plan.deltas {
         let previous = stored.remove(&(scope.clone(), *date));
         let was_stored = previous.is_some();
         let Some(row) = delta.next_row(table, *date, previous, now)? else {
             continue;
         };
-        if rows == RowTable::PerUser && row.counts_nothing() {
-            empty.push((scope, row, was_stored));
-        } else {
-            upserts.push((scope, row));
+        match RowTable::of(scope) {
+            RowTable::AllUsers => days.all_users.push((scope, row)),
+            RowTable::PerUser if row.counts_nothing() => empty.push((scope, row, was_stored)),
+            RowTable::PerUser => days.per_user.push((scope, row)),
         }
+    }
+    if empty.is_empty() {
+        return Ok(days);
     }
     let no_user = Scope::User(String::new());
     let no_user_days: Vec<_> = empty
@@ -185,18 +177,14 @@ fn write_day_rows(
         .map(|(_, row, _)| row.date)
         .collect();
     let active = store::no_user_days(conn, table, &no_user_days)?;
-    let mut deletes = Vec::new();
     for (scope, row, was_stored) in empty {
         if *scope == no_user && active.contains(&row.date) {
-            upserts.push((scope, row));
+            days.per_user.push((scope, row));
         } else if was_stored {
-            deletes.push((scope.user(), row.date));
+            days.deleted.push((scope.user(), row.date));
         }
     }
-    store::delete_user_rows(conn, table, &deletes)?;
-    upserts.sort_unstable_by(|a, b| (a.0, a.1.date).cmp(&(b.0, b.1.date)));
-    let values: Vec<(&Scope, &DailyMetrics)> =
-        upserts.iter().map(|(scope, row)| (*scope, row)).collect();
-    store::write_rows(conn, table, rows, &values)?;
-    Ok(())
+    days.per_user
+        .sort_unstable_by(|a, b| (a.0, a.1.date).cmp(&(b.0, b.1.date)));
+    Ok(days)
 }

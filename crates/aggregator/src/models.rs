@@ -343,30 +343,45 @@ impl Selectable<Pg> for UserDailyMetrics {
 }
 
 /// By name, for the statements diesel's query builder cannot write (see
-/// `store::load_rows`): the columns of [`Selectable`], named as in `user_daily_metrics`.
-impl QueryableByName<Pg> for UserDailyMetrics {
+/// `store::load_day_rows`): the columns of [`Selectable`], named as in the tables of day rows.
+impl QueryableByName<Pg> for DailyMetrics {
     fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
         use diesel::sql_types::{Date, Integer, Jsonb, Numeric, Timestamptz};
         let count = |name: &str| NamedRow::get::<BigInt, i64>(row, name);
         Ok(Self {
-            user_id: NamedRow::get::<Text, String>(row, "user_id")?,
-            row: DailyMetrics {
-                table_id: NamedRow::get::<Integer, i32>(row, "table_id")?,
-                date: NamedRow::get::<Date, NaiveDate>(row, "date")?,
-                id: NamedRow::get::<diesel::sql_types::Uuid, Uuid>(row, "id")?,
-                agent_runs_count: count("agent_runs_count")?,
-                agent_sessions_count: count("agent_sessions_count")?,
-                team_runs_count: count("team_runs_count")?,
-                team_sessions_count: count("team_sessions_count")?,
-                workflow_runs_count: count("workflow_runs_count")?,
-                workflow_sessions_count: count("workflow_sessions_count")?,
-                users_count: count("users_count")?,
-                tokens: <TokenColumns as QueryableByName<Pg>>::build(row)?.0,
-                cost: NamedRow::get::<Numeric, BigDecimal>(row, "cost")?,
-                model_metrics: NamedRow::get::<Jsonb, serde_json::Value>(row, "model_metrics")?,
-                created_at: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, "created_at")?,
-                updated_at: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, "updated_at")?,
-            },
+            table_id: NamedRow::get::<Integer, i32>(row, "table_id")?,
+            date: NamedRow::get::<Date, NaiveDate>(row, "date")?,
+            id: NamedRow::get::<diesel::sql_types::Uuid, Uuid>(row, "id")?,
+            agent_runs_count: count("agent_runs_count")?,
+            agent_sessions_count: count("agent_sessions_count")?,
+            team_runs_count: count("team_runs_count")?,
+            team_sessions_count: count("team_sessions_count")?,
+            workflow_runs_count: count("workflow_runs_count")?,
+            workflow_sessions_count: count("workflow_sessions_count")?,
+            users_count: count("users_count")?,
+            tokens: <TokenColumns as QueryableByName<Pg>>::build(row)?.0,
+            cost: NamedRow::get::<Numeric, BigDecimal>(row, "cost")?,
+            model_metrics: NamedRow::get::<Jsonb, serde_json::Value>(row, "model_metrics")?,
+            created_at: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, "created_at")?,
+            updated_at: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, "updated_at")?,
+        })
+    }
+}
+
+/// A stored day row of either table, read by name: `user_id` is null for an all-users row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredDay {
+    pub user_id: Option<String>,
+    pub row: DailyMetrics,
+}
+
+impl QueryableByName<Pg> for StoredDay {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        Ok(Self {
+            user_id: NamedRow::get::<diesel::sql_types::Nullable<Text>, Option<String>>(
+                row, "user_id",
+            )?,
+            row: <DailyMetrics as QueryableByName<Pg>>::build(row)?,
         })
     }
 }

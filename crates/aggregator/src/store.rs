@@ -10,10 +10,11 @@ use std::marker::PhantomData;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel::deserialize::QueryableByName;
+use diesel::deserialize::{self, QueryableByName};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::row::NamedRow;
 use diesel::serialize::ToSql;
 use diesel::sql_types::{
     Array, BigInt, Bool, Date, HasSqlType, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz,
@@ -22,7 +23,7 @@ use diesel::sql_types::{
 use metrics_events::Tokens;
 
 use crate::models::{
-    COUNT_COLUMNS, DailyMetrics, DayUser, RunRecord, SessionRecord, UserDailyMetrics,
+    COUNT_COLUMNS, DailyMetrics, DayUser, RunRecord, SessionRecord, StoredDay, UserDailyMetrics,
 };
 use crate::plan::{DayKey, Scope};
 use crate::render::render_day;
@@ -33,8 +34,7 @@ use crate::tables::TableId;
 /// ASCII); the second is the table's id.
 pub(crate) const APPLY_LOCK_CLASS: i32 = 0x6d65_7472;
 
-/// Rows per multi-row statement: far below PostgreSQL's 65,535 bind parameters even for the
-/// widest table.
+/// Rows rendered per statement by [`render_missing`], which bounds its memory.
 const CHUNK_ROWS: usize = 1000;
 
 #[derive(QueryableByName)]
@@ -180,40 +180,6 @@ impl RunQueryDsl<PgConnection> for Prepared<'_> {}
 const NO_USER_DAYS: &str = "SELECT table_id, date, user_id FROM day_users \
      WHERE table_id = $1 AND user_id = '' AND date = ANY($2)";
 
-/// Deletes per-user rows by key ($1 table id, $2 users, $3 days).
-const DELETE_USER_DAYS: &str = "DELETE FROM user_daily_metrics m \
-     USING unnest($2::text[], $3::date[]) AS k (user_id, date) \
-     WHERE m.table_id = $1 AND m.user_id = k.user_id AND m.date = k.date";
-
-/// The stored records of a batch's keys ($1 table id, $2 keys): one probe of the primary key
-/// per key. A `LATERAL` subquery with a `LIMIT` is never flattened into a join, so the planner
-/// cannot turn the lookup into one scan of the metrics table's whole history, which a plain join
-/// of the unnested keys becomes (hashed) while the table's statistics still describe it as small,
-/// and `key = ANY($2)` too (a bitmap scan of its `(table_id, date)` index). Planned for every
-/// batch (`sql_query`, see [`Prepared`]), the subquery's cost follows the table's current size:
-/// a probe as soon as the table is more than a few pages.
-fn load_statement(table: &str, key: &str, columns: &[(&str, &str)]) -> String {
-    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    format!(
-        "SELECT $1 AS table_id, r.{key}, {columns} FROM unnest($2::text[]) AS k ({key}) \
-         CROSS JOIN LATERAL (SELECT {names} FROM {table} \
-         WHERE table_id = $1 AND {key} = k.{key} LIMIT 1) r",
-        columns = names
-            .iter()
-            .filter(|name| **name != key)
-            .map(|name| format!("r.{name}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        names = names.join(", "),
-    )
-}
-
-static LOAD_RUNS: LazyLock<String> =
-    LazyLock::new(|| load_statement("runs", "run_id", &run_columns()));
-
-static LOAD_SESSIONS: LazyLock<String> =
-    LazyLock::new(|| load_statement("sessions", "session_id", &SESSION_COLUMNS));
-
 /// Of `days`, those with events naming no user ($1 table id, $2 days).
 pub(crate) fn no_user_days(
     conn: &mut PgConnection,
@@ -230,113 +196,6 @@ pub(crate) fn no_user_days(
         .into_iter()
         .map(|day| day.date)
         .collect())
-}
-
-/// Deletes per-user rows by (user, day).
-pub(crate) fn delete_user_rows(
-    conn: &mut PgConnection,
-    table: TableId,
-    keys: &[(&str, NaiveDate)],
-) -> QueryResult<()> {
-    for chunk in keys.chunks(CHUNK_ROWS) {
-        let (users, dates): (Vec<&str>, Vec<NaiveDate>) = chunk.iter().copied().unzip();
-        diesel::sql_query(DELETE_USER_DAYS)
-            .bind::<Integer, _>(table.0)
-            .bind::<Array<Text>, _>(users)
-            .bind::<Array<Date>, _>(dates)
-            .execute(conn)?;
-    }
-    Ok(())
-}
-
-/// The stored runs of `run_ids`.
-pub(crate) fn load_runs(
-    conn: &mut PgConnection,
-    table: TableId,
-    run_ids: &[&str],
-) -> QueryResult<Vec<RunRecord>> {
-    load_by_keys(conn, &LOAD_RUNS, table, run_ids)
-}
-
-/// The stored sessions of `session_ids`.
-pub(crate) fn load_sessions(
-    conn: &mut PgConnection,
-    table: TableId,
-    session_ids: &[&str],
-) -> QueryResult<Vec<SessionRecord>> {
-    load_by_keys(conn, &LOAD_SESSIONS, table, session_ids)
-}
-
-/// The records `sql` reads for `keys` ($1 table id, $2 keys).
-fn load_by_keys<T: QueryableByName<Pg> + 'static>(
-    conn: &mut PgConnection,
-    sql: &str,
-    table: TableId,
-    keys: &[&str],
-) -> QueryResult<Vec<T>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    diesel::sql_query(sql)
-        .bind::<Integer, _>(table.0)
-        .bind::<Array<Text>, _>(keys)
-        .load(conn)
-}
-
-/// A batch's distinct (day, user) pairs; returns those not seen before.
-const INSERT_DAY_USERS: &str = "INSERT INTO day_users (table_id, date, user_id) \
-     SELECT $1, * FROM unnest($2::date[], $3::text[]) \
-     ON CONFLICT DO NOTHING RETURNING table_id, date, user_id";
-
-/// Inserts the (day, user) pairs of a batch; returns those that were not stored yet.
-pub(crate) fn insert_day_users(
-    conn: &mut PgConnection,
-    table: TableId,
-    users: &[DayUser],
-) -> QueryResult<HashSet<DayUser>> {
-    Ok(Prepared::new(INSERT_DAY_USERS)
-        .bind::<Integer, _>(table.0)
-        .bind::<Array<Date>, _>(users.iter().map(|u| u.date).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>())
-        .load::<DayUser>(conn)?
-        .into_iter()
-        .collect())
-}
-
-/// `INSERT INTO {table} (table_id, {columns}) SELECT $1, * FROM unnest($2::{type}[], ...)`: one
-/// array per column, bound from `$2` on in the order of `columns` (name, SQL type), then
-/// `ON CONFLICT ({conflict})`: `DO NOTHING RETURNING {returning} AS key` when `returning` names a
-/// column, else `DO UPDATE` of every column but those in `keep`.
-fn insert_from_arrays(
-    table: &str,
-    columns: &[(&str, &str)],
-    conflict: &str,
-    keep: &[&str],
-    returning: Option<&str>,
-) -> String {
-    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    let arrays: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 2))
-        .collect();
-    let action = match returning {
-        Some(key) => format!("DO NOTHING RETURNING {key} AS key"),
-        None => {
-            let updates: Vec<String> = names
-                .iter()
-                .filter(|name| !keep.contains(name))
-                .map(|name| format!("{name} = excluded.{name}"))
-                .collect();
-            format!("DO UPDATE SET {}", updates.join(", "))
-        }
-    };
-    format!(
-        "INSERT INTO {table} (table_id, {names}) SELECT $1, * FROM unnest({arrays}) \
-         ON CONFLICT ({conflict}) {action}",
-        names = names.join(", "),
-        arrays = arrays.join(", "),
-    )
 }
 
 /// The columns of a run after its table id, with their SQL types.
@@ -371,50 +230,459 @@ const SESSION_COLUMNS: [(&str, &str); 10] = [
     ("first_run_user_id", "text"),
 ];
 
-/// The statement that writes a batch's changed records ($1 table id, then one array per column
-/// of each part, in this order): the runs and sessions that are new, with plain inserts (the
-/// writer lock guarantees that no other transaction inserts them meanwhile, so there is no
-/// conflict to check), and the stored ones the batch changed, written over the stored rows.
-/// The four parts are data-modifying `WITH` queries of one statement: one round trip, whichever
-/// of them have rows.
-static WRITE_RECORDS: LazyLock<String> = LazyLock::new(|| {
+/// The columns of a day row after its table id (and, per user, its user), as both tables name
+/// them.
+fn day_columns() -> Vec<(&'static str, &'static str)> {
+    let mut columns = vec![("date", "date"), ("id", "uuid")];
+    columns.extend(COUNT_COLUMNS.map(|name| (name, "int8")));
+    columns.extend(Tokens::NAMES.map(|name| (name, "int8")));
+    columns.extend([
+        ("cost", "numeric"),
+        ("model_metrics", "jsonb"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ]);
+    columns
+}
+
+/// What the fold of a batch starts from: the stored records of the keys it names, and which of
+/// its (day, user) pairs were not stored yet.
+#[derive(Debug, Default)]
+pub(crate) struct StoredState {
+    pub runs: Vec<RunRecord>,
+    pub sessions: Vec<SessionRecord>,
+    pub new_users: HashSet<DayUser>,
+}
+
+/// One row of [`LOAD_STATE`], told apart by its `kind` column.
+enum StateRow {
+    Run(RunRecord),
+    Session(SessionRecord),
+    NewUser(DayUser),
+}
+
+impl QueryableByName<Pg> for StateRow {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        Ok(match NamedRow::get::<Text, String>(row, "kind")?.as_str() {
+            "run" => Self::Run(<RunRecord as QueryableByName<Pg>>::build(row)?),
+            "session" => Self::Session(<SessionRecord as QueryableByName<Pg>>::build(row)?),
+            "user" => Self::NewUser(<DayUser as QueryableByName<Pg>>::build(row)?),
+            other => return Err(format!("a row of unknown kind `{other}`").into()),
+        })
+    }
+}
+
+/// Reads the stored state of a batch's keys and records its (day, user) pairs, in one round trip
+/// ($1 table id, $2 run ids, $3 session ids, $4 days and $5 users pairwise): the stored runs
+/// (`kind` `run`) and sessions (`session`), and the pairs that were new (`user`, inserted by the
+/// statement's `WITH` part), as one result whose columns are those of all three, null where a
+/// kind has none.
+///
+/// Each stored record is one probe of the primary key per key. A `LATERAL` subquery with a
+/// `LIMIT` is never flattened into a join, so the planner cannot turn the lookup into one scan of
+/// the metrics table's whole history, which a plain join of the unnested keys becomes (hashed)
+/// while the table's statistics still describe it as small, and `key = ANY($2)` too (a bitmap
+/// scan of its `(table_id, date)` index). Planned for every batch (`sql_query`, see
+/// [`Prepared`]), the subquery's cost follows the table's current size: a probe as soon as the
+/// table is more than a few pages.
+static LOAD_STATE: LazyLock<String> = LazyLock::new(|| {
     let runs = run_columns();
-    let mut next = 2;
-    let mut part = |table: &str, columns: &[(&str, &str)], conflict: Option<&str>| {
-        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        let arrays: Vec<String> = columns
+    let mut columns = runs.clone();
+    for column in SESSION_COLUMNS {
+        if !columns.iter().any(|(name, _)| *name == column.0) {
+            columns.push(column);
+        }
+    }
+    // The part of one kind: its own columns from `r`, nulls of the right type for the others.
+    let select = |kind: &str, own: &[&str]| {
+        let list: Vec<String> = columns
             .iter()
-            .map(|(_, ty)| {
-                next += 1;
-                format!("${}::{ty}[]", next - 1)
+            .map(|(name, ty)| {
+                if own.contains(name) {
+                    format!("r.{name}")
+                } else {
+                    format!("NULL::{ty} AS {name}")
+                }
             })
             .collect();
-        let action = conflict.map_or_else(String::new, |key| {
-            let updates: Vec<String> = names
-                .iter()
-                .filter(|name| **name != key)
-                .map(|name| format!("{name} = excluded.{name}"))
-                .collect();
-            format!(
-                " ON CONFLICT (table_id, {key}) DO UPDATE SET {}",
-                updates.join(", ")
-            )
-        });
         format!(
-            "INSERT INTO {table} (table_id, {names}) SELECT $1, * FROM unnest({arrays}){action}",
-            names = names.join(", "),
-            arrays = arrays.join(", "),
+            "SELECT '{kind}' AS kind, $1 AS table_id, {}",
+            list.join(", ")
         )
     };
-    let new_runs = part("runs", &runs, None);
-    let replaced_runs = part("runs", &runs, Some("run_id"));
-    let new_sessions = part("sessions", &SESSION_COLUMNS, None);
-    let moved_sessions = part("sessions", &SESSION_COLUMNS, Some("session_id"));
+    let lookup = |kind: &str, table: &str, key: &str, param: &str, own: &[(&str, &str)]| {
+        let names: Vec<&str> = own.iter().map(|(name, _)| *name).collect();
+        format!(
+            "{select} FROM unnest({param}::text[]) AS k ({key}) CROSS JOIN LATERAL \
+             (SELECT {list} FROM {table} WHERE table_id = $1 AND {key} = k.{key} LIMIT 1) r",
+            select = select(kind, &names),
+            list = names.join(", "),
+        )
+    };
+    let runs_part = lookup("run", "runs", "run_id", "$2", &runs);
+    let sessions_part = lookup("session", "sessions", "session_id", "$3", &SESSION_COLUMNS);
     format!(
-        "WITH new_runs AS ({new_runs}), replaced_runs AS ({replaced_runs}), \
-         new_sessions AS ({new_sessions}), moved_sessions AS ({moved_sessions}) SELECT 1"
+        "WITH new_users AS (INSERT INTO day_users (table_id, date, user_id) \
+         SELECT $1, * FROM unnest($4::date[], $5::text[]) \
+         ON CONFLICT DO NOTHING RETURNING date, user_id) \
+         {runs_part} UNION ALL {sessions_part} UNION ALL {users_part} FROM new_users r",
+        users_part = select("user", &["date", "user_id"]),
     )
 });
+
+/// The stored state of a batch's keys ([`LOAD_STATE`]); records its (day, user) pairs.
+pub(crate) fn load_state(
+    conn: &mut PgConnection,
+    table: TableId,
+    run_ids: &[&str],
+    session_ids: &[&str],
+    users: &[DayUser],
+) -> QueryResult<StoredState> {
+    let rows = diesel::sql_query(LOAD_STATE.as_str())
+        .bind::<Integer, _>(table.0)
+        .bind::<Array<Text>, _>(run_ids)
+        .bind::<Array<Text>, _>(session_ids)
+        .bind::<Array<Date>, _>(users.iter().map(|u| u.date).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>())
+        .load::<StateRow>(conn)?;
+    let mut state = StoredState::default();
+    for row in rows {
+        match row {
+            StateRow::Run(run) => state.runs.push(run),
+            StateRow::Session(session) => state.sessions.push(session),
+            StateRow::NewUser(user) => {
+                state.new_users.insert(user);
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// The stored day rows of a batch's keys, all-users and per-user, in one round trip ($1 table
+/// id, $2 all-users days, $3 users and $4 days pairwise); `user_id` is null for an all-users row.
+/// A per-user row is one probe of the primary key per key, for the reasons of [`LOAD_STATE`].
+/// Where it read `user_id = ANY($3) AND date = ANY($4)`, PostgreSQL 15 scanned every stored day of
+/// each user and filtered the days (one user's year: 365 index entries read for one row), so the
+/// cost of a batch grew with the users' history: 2 ms of a 5 ms batch of 12 events on a month of
+/// 500 users' rows.
+static LOAD_DAY_ROWS: LazyLock<String> = LazyLock::new(|| {
+    let columns = ["table_id"]
+        .into_iter()
+        .chain(day_columns().into_iter().map(|(name, _)| name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT NULL::text AS user_id, {columns} FROM daily_metrics \
+         WHERE table_id = $1 AND date = ANY($2::date[]) \
+         UNION ALL SELECT r.* FROM unnest($3::text[], $4::date[]) AS k (user_id, date) \
+         CROSS JOIN LATERAL (SELECT user_id, {columns} FROM user_daily_metrics \
+         WHERE table_id = $1 AND user_id = k.user_id AND date = k.date LIMIT 1) r"
+    )
+});
+
+/// The stored rows of `keys` ([`LOAD_DAY_ROWS`]).
+pub(crate) fn load_day_rows(
+    conn: &mut PgConnection,
+    table: TableId,
+    keys: &[&DayKey],
+) -> QueryResult<HashMap<DayKey, DailyMetrics>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut days = Vec::new();
+    let (mut users, mut user_days) = (Vec::new(), Vec::new());
+    for (scope, date) in keys {
+        match scope {
+            Scope::AllUsers => days.push(*date),
+            Scope::User(user) => {
+                users.push(user.as_str());
+                user_days.push(*date);
+            }
+        }
+    }
+    Ok(diesel::sql_query(LOAD_DAY_ROWS.as_str())
+        .bind::<Integer, _>(table.0)
+        .bind::<Array<Date>, _>(days)
+        .bind::<Array<Text>, _>(users)
+        .bind::<Array<Date>, _>(user_days)
+        .load::<StoredDay>(conn)?
+        .into_iter()
+        .map(|StoredDay { user_id, row }| {
+            let scope = user_id.map_or(Scope::AllUsers, Scope::User);
+            ((scope, row.date), row)
+        })
+        .collect())
+}
+
+/// The records a batch changed: new ones (keys not stored before) and stored ones it changed.
+#[derive(Debug, Default)]
+pub(crate) struct ChangedRecords<'a> {
+    pub new_runs: Vec<&'a RunRecord>,
+    pub replaced_runs: Vec<&'a RunRecord>,
+    pub new_sessions: Vec<&'a SessionRecord>,
+    pub moved_sessions: Vec<&'a SessionRecord>,
+}
+
+/// The day rows a batch changed: whole rows to write, by table, in key order, and the per-user
+/// rows to delete.
+#[derive(Debug, Default)]
+pub(crate) struct ChangedDays<'a> {
+    pub all_users: Vec<(&'a Scope, DailyMetrics)>,
+    pub per_user: Vec<(&'a Scope, DailyMetrics)>,
+    pub deleted: Vec<(&'a str, NaiveDate)>,
+}
+
+/// The two tables of day rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowTable {
+    /// `daily_metrics`, keyed by day.
+    AllUsers,
+    /// `user_daily_metrics`, keyed by user and day.
+    PerUser,
+}
+
+impl RowTable {
+    /// The table that holds the rows of `scope`.
+    pub fn of(scope: &Scope) -> Self {
+        match scope {
+            Scope::AllUsers => RowTable::AllUsers,
+            Scope::User(_) => RowTable::PerUser,
+        }
+    }
+}
+
+/// One data-modifying part of [`write_changes`]' statement, with the rows it binds.
+enum Write<'a> {
+    /// Runs not stored before: plain inserts (the writer lock guarantees that no other
+    /// transaction inserts them meanwhile, so there is no conflict to check).
+    NewRuns(&'a [&'a RunRecord]),
+    /// Stored runs the batch changed, written over the stored rows.
+    ReplacedRuns(&'a [&'a RunRecord]),
+    NewSessions(&'a [&'a SessionRecord]),
+    MovedSessions(&'a [&'a SessionRecord]),
+    /// Per-user rows by (user, day).
+    DeletedDays(&'a [(&'a str, NaiveDate)]),
+    /// Whole day rows of one table; a stored row keeps its `id` and `created_at`.
+    Days(RowTable, &'a [(&'a Scope, DailyMetrics)]),
+}
+
+impl<'a> Write<'a> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Write::NewRuns(runs) | Write::ReplacedRuns(runs) => runs.is_empty(),
+            Write::NewSessions(sessions) | Write::MovedSessions(sessions) => sessions.is_empty(),
+            Write::DeletedDays(keys) => keys.is_empty(),
+            Write::Days(_, rows) => rows.is_empty(),
+        }
+    }
+
+    /// The part's statement, its arrays numbered from `*next` on (which it advances).
+    fn sql(&self, next: &mut usize) -> String {
+        match self {
+            Write::NewRuns(_) => insert_from_arrays("runs", &run_columns(), next, None),
+            Write::ReplacedRuns(_) => {
+                insert_from_arrays("runs", &run_columns(), next, Some(("run_id", &["run_id"])))
+            }
+            Write::NewSessions(_) => insert_from_arrays("sessions", &SESSION_COLUMNS, next, None),
+            Write::MovedSessions(_) => insert_from_arrays(
+                "sessions",
+                &SESSION_COLUMNS,
+                next,
+                Some(("session_id", &["session_id"])),
+            ),
+            Write::DeletedDays(_) => {
+                let sql = format!(
+                    "DELETE FROM user_daily_metrics m \
+                     USING unnest(${}::text[], ${}::date[]) AS k (user_id, date) \
+                     WHERE m.table_id = $1 AND m.user_id = k.user_id AND m.date = k.date",
+                    *next,
+                    *next + 1
+                );
+                *next += 2;
+                sql
+            }
+            Write::Days(RowTable::AllUsers, _) => {
+                let mut columns = day_columns();
+                columns.push(("rendered", "text"));
+                insert_from_arrays(
+                    "daily_metrics",
+                    &columns,
+                    next,
+                    Some(("date", &["date", "id", "created_at"])),
+                )
+            }
+            Write::Days(RowTable::PerUser, _) => {
+                let mut columns = vec![("user_id", "text")];
+                columns.extend(day_columns());
+                columns.push(("rendered", "text"));
+                insert_from_arrays(
+                    "user_daily_metrics",
+                    &columns,
+                    next,
+                    Some(("user_id, date", &["user_id", "date", "id", "created_at"])),
+                )
+            }
+        }
+    }
+
+    /// Binds the part's arrays, in the order of [`Write::sql`].
+    fn bind(&self, query: Prepared<'a>) -> QueryResult<Prepared<'a>> {
+        Ok(match self {
+            Write::NewRuns(runs) | Write::ReplacedRuns(runs) => bind_runs(query, runs),
+            Write::NewSessions(sessions) | Write::MovedSessions(sessions) => {
+                bind_sessions(query, sessions)
+            }
+            Write::DeletedDays(keys) => {
+                let (users, dates): (Vec<&str>, Vec<NaiveDate>) = keys.iter().copied().unzip();
+                query
+                    .bind::<Array<Text>, _>(users)
+                    .bind::<Array<Date>, _>(dates)
+            }
+            Write::Days(table, rows) => bind_days(query, *table, rows)?,
+        })
+    }
+}
+
+/// `INSERT INTO {table} (table_id, {columns}) SELECT $1, * FROM unnest(...)`: one array per
+/// column, in the order of `columns` (name, SQL type), numbered from `*next` on; with
+/// `upsert = Some((key, keep))`, `ON CONFLICT (table_id, {key}) DO UPDATE` of every column but
+/// those in `keep`.
+fn insert_from_arrays(
+    table: &str,
+    columns: &[(&str, &str)],
+    next: &mut usize,
+    upsert: Option<(&str, &[&str])>,
+) -> String {
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let arrays: Vec<String> = columns
+        .iter()
+        .map(|(_, ty)| {
+            *next += 1;
+            format!("${}::{ty}[]", *next - 1)
+        })
+        .collect();
+    let action = upsert.map_or_else(String::new, |(key, keep)| {
+        let updates: Vec<String> = names
+            .iter()
+            .filter(|name| !keep.contains(name))
+            .map(|name| format!("{name} = excluded.{name}"))
+            .collect();
+        format!(
+            " ON CONFLICT (table_id, {key}) DO UPDATE SET {}",
+            updates.join(", ")
+        )
+    });
+    format!(
+        "INSERT INTO {table} (table_id, {names}) SELECT $1, * FROM unnest({arrays}){action}",
+        names = names.join(", "),
+        arrays = arrays.join(", "),
+    )
+}
+
+/// Writes what a batch changed, records and day rows, in one statement: each kind of change
+/// that has rows is a data-modifying `WITH` part ([`Write`]) binding one array per column, so a
+/// batch costs one round trip to write whatever it holds. The statement's text depends only on
+/// which parts have rows (a few dozen texts), so it goes through the statement cache (see
+/// [`Prepared`]); and a table no part writes fires no trigger (no change announced for a batch
+/// that changed no day row).
+///
+/// Within one statement the parts cannot see each other's rows; none needs to: they write
+/// different tables, or (the per-user rows deleted and written) different keys.
+pub(crate) fn write_changes(
+    conn: &mut PgConnection,
+    table: TableId,
+    records: &ChangedRecords<'_>,
+    days: &ChangedDays<'_>,
+) -> QueryResult<()> {
+    let parts: Vec<Write<'_>> = [
+        Write::NewRuns(&records.new_runs),
+        Write::ReplacedRuns(&records.replaced_runs),
+        Write::NewSessions(&records.new_sessions),
+        Write::MovedSessions(&records.moved_sessions),
+        Write::DeletedDays(&days.deleted),
+        Write::Days(RowTable::AllUsers, &days.all_users),
+        Write::Days(RowTable::PerUser, &days.per_user),
+    ]
+    .into_iter()
+    .filter(|part| !part.is_empty())
+    .collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let mut next = 2;
+    let ctes: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| format!("w{i} AS ({})", part.sql(&mut next)))
+        .collect();
+    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
+    let mut query = Prepared::new(&sql).bind::<Integer, _>(table.0);
+    for part in &parts {
+        query = part.bind(query)?;
+    }
+    query.execute(conn)?;
+    Ok(())
+}
+
+/// Binds the columns of day rows of one table (see [`Write::sql`]), each row's JSON as a read
+/// serves it among them (see `crate::render`).
+fn bind_days<'a>(
+    query: Prepared<'a>,
+    table: RowTable,
+    rows: &'a [(&'a Scope, DailyMetrics)],
+) -> QueryResult<Prepared<'a>> {
+    let rendered = rows
+        .iter()
+        .map(|(_, row)| render_day(row))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| diesel::result::Error::SerializationError(Box::new(err)))?;
+    let column = |value: fn(&DailyMetrics) -> i64| {
+        rows.iter().map(|(_, row)| value(row)).collect::<Vec<_>>()
+    };
+    let mut query = query;
+    if table == RowTable::PerUser {
+        query = query.bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|(scope, _)| scope.user())
+                .collect::<Vec<_>>(),
+        );
+    }
+    query = query
+        .bind::<Array<Date>, _>(rows.iter().map(|(_, row)| row.date).collect::<Vec<_>>())
+        .bind::<Array<Uuid>, _>(rows.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(column(|r| r.agent_runs_count))
+        .bind::<Array<BigInt>, _>(column(|r| r.agent_sessions_count))
+        .bind::<Array<BigInt>, _>(column(|r| r.team_runs_count))
+        .bind::<Array<BigInt>, _>(column(|r| r.team_sessions_count))
+        .bind::<Array<BigInt>, _>(column(|r| r.workflow_runs_count))
+        .bind::<Array<BigInt>, _>(column(|r| r.workflow_sessions_count))
+        .bind::<Array<BigInt>, _>(column(|r| r.users_count));
+    for index in 0..Tokens::NAMES.len() {
+        query = query.bind::<Array<BigInt>, _>(
+            rows.iter()
+                .map(|(_, row)| row.tokens.counts()[index])
+                .collect::<Vec<_>>(),
+        );
+    }
+    Ok(query
+        .bind::<Array<Numeric>, _>(rows.iter().map(|(_, row)| &row.cost).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(
+            rows.iter()
+                .map(|(_, row)| &row.model_metrics)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(
+            rows.iter()
+                .map(|(_, row)| row.created_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(
+            rows.iter()
+                .map(|(_, row)| row.updated_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(rendered))
+}
 
 /// Binds the columns of `runs` (see [`run_columns`]).
 fn bind_runs<'a>(query: Prepared<'a>, runs: &[&'a RunRecord]) -> Prepared<'a> {
@@ -494,221 +762,6 @@ fn bind_sessions<'a>(query: Prepared<'a>, sessions: &[&'a SessionRecord]) -> Pre
                 .map(|s| s.first_run_user_id.as_deref())
                 .collect::<Vec<_>>(),
         )
-}
-
-/// The records a batch changed: new ones (keys not stored before) and stored ones it changed.
-#[derive(Debug, Default)]
-pub(crate) struct ChangedRecords<'a> {
-    pub new_runs: Vec<&'a RunRecord>,
-    pub replaced_runs: Vec<&'a RunRecord>,
-    pub new_sessions: Vec<&'a SessionRecord>,
-    pub moved_sessions: Vec<&'a SessionRecord>,
-}
-
-/// Writes a batch's changed records in one statement ([`WRITE_RECORDS`]).
-pub(crate) fn write_records(
-    conn: &mut PgConnection,
-    table: TableId,
-    records: &ChangedRecords<'_>,
-) -> QueryResult<()> {
-    let total = records.new_runs.len()
-        + records.replaced_runs.len()
-        + records.new_sessions.len()
-        + records.moved_sessions.len();
-    if total == 0 {
-        return Ok(());
-    }
-    let query = Prepared::new(&WRITE_RECORDS).bind::<Integer, _>(table.0);
-    let query = bind_runs(query, &records.new_runs);
-    let query = bind_runs(query, &records.replaced_runs);
-    let query = bind_sessions(query, &records.new_sessions);
-    bind_sessions(query, &records.moved_sessions).execute(conn)?;
-    Ok(())
-}
-
-/// The two tables of day rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RowTable {
-    /// `daily_metrics`, keyed by day.
-    AllUsers,
-    /// `user_daily_metrics`, keyed by user and day.
-    PerUser,
-}
-
-impl RowTable {
-    /// The table that holds the rows of `scope`.
-    pub fn of(scope: &Scope) -> Self {
-        match scope {
-            Scope::AllUsers => RowTable::AllUsers,
-            Scope::User(_) => RowTable::PerUser,
-        }
-    }
-
-    /// Writes whole rows; a stored row keeps its `id` and `created_at`.
-    fn upsert(self) -> &'static str {
-        static UPSERTS: LazyLock<[String; 2]> = LazyLock::new(|| {
-            let mut columns = vec![("date", "date"), ("id", "uuid")];
-            columns.extend(COUNT_COLUMNS.map(|name| (name, "int8")));
-            columns.extend(Tokens::NAMES.map(|name| (name, "int8")));
-            columns.extend([
-                ("cost", "numeric"),
-                ("model_metrics", "jsonb"),
-                ("created_at", "timestamptz"),
-                ("updated_at", "timestamptz"),
-                ("rendered", "text"),
-            ]);
-            let keep = ["date", "id", "created_at"];
-            let all_users =
-                insert_from_arrays("daily_metrics", &columns, "table_id, date", &keep, None);
-            columns.insert(0, ("user_id", "text"));
-            let per_user = insert_from_arrays(
-                "user_daily_metrics",
-                &columns,
-                "table_id, user_id, date",
-                &["user_id", "date", "id", "created_at"],
-                None,
-            );
-            [all_users, per_user]
-        });
-        &UPSERTS[self as usize]
-    }
-}
-
-/// The stored per-user rows of a batch's keys ($1 table id, $2 users, $3 days, pairwise): one
-/// probe of the primary key per key, for the reasons of [`load_statement`]. Where it read
-/// `user_id = ANY($2) AND date = ANY($3)`, PostgreSQL 15 scanned every stored day of each user
-/// and filtered the days (one user's year: 365 index entries read for one row), so the cost of a
-/// batch grew with the users' history: 2 ms of a 5 ms batch of 12 events on a month of 500
-/// users' rows.
-static LOAD_USER_DAYS: LazyLock<String> = LazyLock::new(|| {
-    let columns = ["user_id", "table_id", "date", "id"]
-        .into_iter()
-        .chain(COUNT_COLUMNS)
-        .chain(Tokens::NAMES)
-        .chain(["cost", "model_metrics", "created_at", "updated_at"])
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "SELECT r.* FROM unnest($2::text[], $3::date[]) AS k (user_id, date) \
-         CROSS JOIN LATERAL (SELECT {columns} FROM user_daily_metrics \
-         WHERE table_id = $1 AND user_id = k.user_id AND date = k.date LIMIT 1) r"
-    )
-});
-
-/// The stored rows of `keys`, all of one [`RowTable`] (all-users rows: perhaps some more of the
-/// same days).
-pub(crate) fn load_rows(
-    conn: &mut PgConnection,
-    table: TableId,
-    rows: RowTable,
-    keys: &[&DayKey],
-) -> QueryResult<HashMap<DayKey, DailyMetrics>> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    Ok(match rows {
-        RowTable::AllUsers => {
-            let mut dates: Vec<NaiveDate> = keys.iter().map(|(_, date)| *date).collect();
-            dates.sort_unstable();
-            dates.dedup();
-            daily_metrics::table
-                .filter(daily_metrics::table_id.eq(table.0))
-                .filter(daily_metrics::date.eq_any(&dates))
-                .select(DailyMetrics::as_select())
-                .load(conn)?
-                .into_iter()
-                .map(|row| ((Scope::AllUsers, row.date), row))
-                .collect()
-        }
-        RowTable::PerUser => {
-            let (users, dates): (Vec<&str>, Vec<NaiveDate>) = keys
-                .iter()
-                .map(|(scope, date)| (scope.user(), *date))
-                .unzip();
-            diesel::sql_query(LOAD_USER_DAYS.as_str())
-                .bind::<Integer, _>(table.0)
-                .bind::<Array<Text>, _>(users)
-                .bind::<Array<Date>, _>(dates)
-                .load::<UserDailyMetrics>(conn)?
-                .into_iter()
-                .map(|user_row| {
-                    let (user, row) = user_row.into_parts();
-                    ((Scope::User(user), row.date), row)
-                })
-                .collect()
-        }
-    })
-}
-
-/// Writes whole rows of one [`RowTable`]; a stored row keeps its `id` and `created_at`.
-pub(crate) fn write_rows(
-    conn: &mut PgConnection,
-    table: TableId,
-    rows: RowTable,
-    values: &[(&Scope, &DailyMetrics)],
-) -> QueryResult<()> {
-    for chunk in values.chunks(CHUNK_ROWS) {
-        // Each row's JSON as a read serves it, beside its values (see `crate::render`).
-        let rendered = chunk
-            .iter()
-            .map(|(_, row)| render_day(row))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| diesel::result::Error::SerializationError(Box::new(err)))?;
-        let column = |value: fn(&DailyMetrics) -> i64| {
-            chunk.iter().map(|(_, row)| value(row)).collect::<Vec<_>>()
-        };
-        // An insert from arrays: one sensible plan, so prepared once per connection.
-        let mut query = Prepared::new(rows.upsert()).bind::<Integer, _>(table.0);
-        if rows == RowTable::PerUser {
-            query = query.bind::<Array<Text>, _>(
-                chunk
-                    .iter()
-                    .map(|(scope, _)| scope.user())
-                    .collect::<Vec<_>>(),
-            );
-        }
-        query = query
-            .bind::<Array<Date>, _>(chunk.iter().map(|(_, row)| row.date).collect::<Vec<_>>())
-            .bind::<Array<Uuid>, _>(chunk.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
-            .bind::<Array<BigInt>, _>(column(|r| r.agent_runs_count))
-            .bind::<Array<BigInt>, _>(column(|r| r.agent_sessions_count))
-            .bind::<Array<BigInt>, _>(column(|r| r.team_runs_count))
-            .bind::<Array<BigInt>, _>(column(|r| r.team_sessions_count))
-            .bind::<Array<BigInt>, _>(column(|r| r.workflow_runs_count))
-            .bind::<Array<BigInt>, _>(column(|r| r.workflow_sessions_count))
-            .bind::<Array<BigInt>, _>(column(|r| r.users_count));
-        for index in 0..Tokens::NAMES.len() {
-            query = query.bind::<Array<BigInt>, _>(
-                chunk
-                    .iter()
-                    .map(|(_, row)| row.tokens.counts()[index])
-                    .collect::<Vec<_>>(),
-            );
-        }
-        query
-            .bind::<Array<Numeric>, _>(chunk.iter().map(|(_, row)| &row.cost).collect::<Vec<_>>())
-            .bind::<Array<Jsonb>, _>(
-                chunk
-                    .iter()
-                    .map(|(_, row)| &row.model_metrics)
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Timestamptz>, _>(
-                chunk
-                    .iter()
-                    .map(|(_, row)| row.created_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Timestamptz>, _>(
-                chunk
-                    .iter()
-                    .map(|(_, row)| row.updated_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Text>, _>(rendered)
-            .execute(conn)?;
-    }
-    Ok(())
 }
 
 /// Renders the rows of one [`RowTable`] within `start..=end` that have no rendered JSON (see
