@@ -24,12 +24,13 @@
 //! memory once (`plan.rs`, noting which changed anything), reads the day rows the fold changed
 //! in one more, and writes back everything that changed in a third: the changed records (new
 //! ones with plain inserts, changed ones over the stored rows) and day rows. Between `BEGIN` and
-//! `COMMIT` a batch is four statements, with the lock, whatever its size. All of it happens under a transaction-level advisory lock per metrics table: every
-//! event of a day updates that day's row, so concurrent writers would queue on that row anyway;
-//! the lock makes the queue explicit, ordered and free of deadlocks, and lets each statement see
-//! the previous writer's committed state without `FOR UPDATE` or retries, and insert the keys it
-//! found missing without checking for conflicts: no other writer of the table runs meanwhile
-//! (`rebuild` and refreshes take the same lock).
+//! `COMMIT` a batch is four statements, with the lock, whatever its size. All of it happens under
+//! a transaction-level advisory lock per metrics table: every event of a day updates that day's
+//! row, so concurrent writers would queue on that row anyway; the lock makes the queue explicit,
+//! ordered and free of deadlocks, and lets each statement see the previous writer's committed
+//! state without `FOR UPDATE` or retries, and insert the keys it found missing without checking
+//! for conflicts: no other writer of the table runs meanwhile (`rebuild` and refreshes take the
+//! same lock).
 
 use std::collections::HashSet;
 

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::deserialize::{self, QueryableByName};
@@ -582,8 +582,8 @@ fn insert_from_arrays(
 /// Writes what a batch changed, records and day rows, in one statement: each kind of change
 /// that has rows is a data-modifying `WITH` part ([`Write`]) binding one array per column, so a
 /// batch costs one round trip to write whatever it holds. The statement's text depends only on
-/// which parts have rows (a few dozen texts), so it goes through the statement cache (see
-/// [`Prepared`]); and a table no part writes fires no trigger (no change announced for a batch
+/// which parts have rows (a few dozen texts, each built once per process), so it goes through the
+/// statement cache (see [`Prepared`]); and a table no part writes fires no trigger (no change announced for a batch
 /// that changed no day row).
 ///
 /// Within one statement the parts cannot see each other's rows; none needs to: they write
@@ -594,7 +594,7 @@ pub(crate) fn write_changes(
     records: &ChangedRecords<'_>,
     days: &ChangedDays<'_>,
 ) -> QueryResult<()> {
-    let parts: Vec<Write<'_>> = [
+    let all = [
         Write::NewRuns(&records.new_runs),
         Write::ReplacedRuns(&records.replaced_runs),
         Write::NewSessions(&records.new_sessions),
@@ -602,21 +602,29 @@ pub(crate) fn write_changes(
         Write::DeletedDays(&days.deleted),
         Write::Days(RowTable::AllUsers, &days.all_users),
         Write::Days(RowTable::PerUser, &days.per_user),
-    ]
-    .into_iter()
-    .filter(|part| !part.is_empty())
-    .collect();
-    if parts.is_empty() {
-        return Ok(());
-    }
-    let mut next = 2;
-    let ctes: Vec<String> = parts
+    ];
+    // Which parts have rows, one bit each in the order above: the text depends on nothing else,
+    // so each of the texts is built once per process.
+    static TEXTS: [OnceLock<String>; 1 << 7] = [const { OnceLock::new() }; 1 << 7];
+    let present = all
         .iter()
         .enumerate()
-        .map(|(i, part)| format!("w{i} AS ({})", part.sql(&mut next)))
-        .collect();
-    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
-    let mut query = Prepared::new(&sql).bind::<Integer, _>(table.0);
+        .filter(|(_, part)| !part.is_empty())
+        .fold(0, |mask, (i, _)| mask | 1 << i);
+    if present == 0 {
+        return Ok(());
+    }
+    let parts: Vec<Write<'_>> = all.into_iter().filter(|part| !part.is_empty()).collect();
+    let sql = TEXTS[present].get_or_init(|| {
+        let mut next = 2;
+        let ctes: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| format!("w{i} AS ({})", part.sql(&mut next)))
+            .collect();
+        format!("WITH {} SELECT 1", ctes.join(", "))
+    });
+    let mut query = Prepared::new(sql).bind::<Integer, _>(table.0);
     for part in &parts {
         query = part.bind(query)?;
     }
