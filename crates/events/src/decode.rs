@@ -209,25 +209,35 @@ pub fn decode_message(body: &[u8], limits: &Limits) -> Result<Message, MessageEr
             });
         }
         let mut spans = Vec::with_capacity(items.len());
-        let mut values = Vec::with_capacity(items.len());
-        for item in items {
+        let mut events = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
             let text = item.get();
             // A `&RawValue` borrows its text from `body`, so its offset is its address there.
             let start = (text.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
             spans.push(start..start + text.len());
-            // The raw text is well-formed JSON; only nesting past serde_json's recursion limit
-            // can fail here, and that refuses the whole body as it would a single event.
-            values.push(serde_json::from_str::<Value>(text).map_err(MessageError::NotJson)?);
+            events.push(match decode_direct(text.as_bytes(), Some(index), limits) {
+                Some(decoded) => Ok(decoded),
+                // The raw text is well-formed JSON; only nesting past serde_json's recursion
+                // limit can fail here, and that refuses the whole body as it would a single
+                // event.
+                None => decode_event(
+                    serde_json::from_str::<Value>(text).map_err(MessageError::NotJson)?,
+                    Some(index),
+                    limits,
+                ),
+            });
         }
-        let events = values
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| decode_event(item, Some(index), limits))
-            .collect();
         return Ok(Message {
             is_batch: true,
             events,
             spans,
+        });
+    }
+    if let Some(decoded) = decode_direct(body, None, limits) {
+        return Ok(Message {
+            is_batch: false,
+            events: vec![Ok(decoded)],
+            spans: std::iter::once(0..body.len()).collect(),
         });
     }
     let value: Value = serde_json::from_slice(body).map_err(MessageError::NotJson)?;
@@ -243,17 +253,18 @@ pub fn decode_message(body: &[u8], limits: &Limits) -> Result<Message, MessageEr
     }
 }
 
-/// The CloudEvents attributes this contract reads, before the `type` is known.
+/// The CloudEvents attributes this contract reads, before the `type` is known; `data` as a
+/// [`Value`] (the checked path) or as its raw text (the direct path, see [`decode_direct`]).
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<D> {
     specversion: String,
     id: String,
     source: String,
     #[serde(rename = "type")]
     event_type: String,
     time: String,
-    #[serde(default)]
-    data: Option<Value>,
+    #[serde(default = "Option::default")]
+    data: Option<D>,
 }
 
 /// Builds the errors of one event.
@@ -338,6 +349,66 @@ impl Context {
     }
 }
 
+/// Deepest nesting of arrays and objects [`decode_direct`] takes on; anything deeper goes the
+/// checked way, which refuses nesting past serde_json's recursion limit (128) as not JSON.
+const DIRECT_MAX_DEPTH: usize = 64;
+
+/// Decodes one event straight from its bytes into the wire types, without a [`Value`] tree in
+/// between: the common case, several times cheaper. It gives up (`None`) on anything it cannot
+/// vouch for, and the caller then takes the checked way ([`decode_event`] of a [`Value`]), which
+/// finds and words the error; so where it returns an event, that is exactly the event the checked
+/// way returns. It gives up on:
+///
+/// - a text that is not an object, or whose `data` is not one;
+/// - a `\u0000` escape anywhere (the checked way names the field holding the NUL) and nesting
+///   deeper than [`DIRECT_MAX_DEPTH`] (serde_json skips unknown fields at any depth, but the
+///   checked way's `Value` stops at 128 levels);
+/// - any error of serde_json (a duplicated attribute, which a `Value` takes the last of, among
+///   them) and any failed check.
+fn decode_direct(text: &[u8], index: Option<usize>, limits: &Limits) -> Option<Decoded> {
+    if text.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') || !is_plain(text) {
+        return None;
+    }
+    let envelope: Envelope<&RawValue> = serde_json::from_slice(text).ok()?;
+    let cx = Context {
+        event_id: None,
+        index,
+    };
+    validate(&cx, envelope, limits).ok()
+}
+
+/// Whether `text` holds no `\u0000` escape in a string and nests arrays and objects at most
+/// [`DIRECT_MAX_DEPTH`] deep. Reads JSON's lexical structure only: malformed text is serde_json's
+/// to refuse.
+fn is_plain(text: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut bytes = text.iter();
+    while let Some(&byte) = bytes.next() {
+        match byte {
+            b'"' => loop {
+                match bytes.next() {
+                    None | Some(b'"') => break,
+                    Some(b'\\') => {
+                        if bytes.next() == Some(&b'u') && bytes.as_slice().starts_with(b"0000") {
+                            return false;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > DIRECT_MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Decodes one event: `index` is its position in a batch.
 ///
 /// # Errors
@@ -374,8 +445,71 @@ pub fn decode_event(
             "contains a NUL character (\\u0000), which cannot be stored",
         ));
     }
-    let envelope: Envelope = cx.deserialize(None, value)?;
+    let envelope: Envelope<Value> = cx.deserialize(None, value)?;
+    validate(&cx, envelope, limits)
+}
 
+/// What `data` is read from: a [`Value`] (the checked path) or the raw text of an object (the
+/// direct path, which gives up on anything unusual and never reports an error of its own).
+trait Data: Sized {
+    /// `data` itself, once it is known to be an object with an object (or null) `metrics`,
+    /// whatever the event's type.
+    fn object(self, cx: &Context, event_type: &str) -> Result<Self, EventError>;
+    /// `data` deserialised into `T`, errors naming the field below `data`.
+    fn read<T: DeserializeOwned>(self, cx: &Context) -> Result<T, EventError>;
+}
+
+impl Data for Value {
+    fn object(self, cx: &Context, _: &str) -> Result<Self, EventError> {
+        let Value::Object(_) = &self else {
+            return Err(cx.field(
+                "data",
+                format!("is a JSON {}, not an object", json_kind(&self)),
+            ));
+        };
+        // serde reads a struct from an array too (by position); the contract wants an object.
+        if let Some(metrics) = self.get("metrics")
+            && !(metrics.is_object() || metrics.is_null())
+        {
+            return Err(cx.field(
+                "data.metrics",
+                format!("is a JSON {}, not an object", json_kind(metrics)),
+            ));
+        }
+        Ok(self)
+    }
+
+    fn read<T: DeserializeOwned>(self, cx: &Context) -> Result<T, EventError> {
+        cx.deserialize(Some("data"), self)
+    }
+}
+
+impl Data for &RawValue {
+    fn object(self, cx: &Context, event_type: &str) -> Result<Self, EventError> {
+        let text = self.get();
+        // A run's `metrics` is checked by its own deserializer (`wire::object_or_null`); a
+        // session's is no field of its wire type, so a text that may name it (outright, or with
+        // an escape in a key) is left to the checked way.
+        let unchecked_metrics =
+            event_type == SESSION_CREATED && (text.contains("metrics") || text.contains("\\u"));
+        if text.starts_with('{') && !unchecked_metrics {
+            Ok(self)
+        } else {
+            Err(cx.field("data", "is left to the checked way"))
+        }
+    }
+
+    fn read<T: DeserializeOwned>(self, cx: &Context) -> Result<T, EventError> {
+        serde_json::from_str(self.get()).map_err(|err| cx.field("data", err.to_string()))
+    }
+}
+
+/// The checks and the domain event that follow the envelope, alike on both paths.
+fn validate<D: Data>(
+    cx: &Context,
+    envelope: Envelope<D>,
+    limits: &Limits,
+) -> Result<Decoded, EventError> {
     if envelope.specversion != SPEC_VERSION {
         return Err(cx.field(
             "specversion",
@@ -415,36 +549,13 @@ pub fn decode_event(
         }));
     }
     let data = match envelope.data {
-        Some(data @ Value::Object(_)) => data,
-        Some(other) => {
-            return Err(cx.field(
-                "data",
-                format!("is a JSON {}, not an object", json_kind(&other)),
-            ));
-        }
+        Some(data) => data.object(cx, event_type)?,
         None => return Err(cx.field("data", "is required")),
     };
-    // serde reads a struct from an array too (by position); the contract wants an object.
-    if let Some(metrics) = data.get("metrics")
-        && !(metrics.is_object() || metrics.is_null())
-    {
-        return Err(cx.field(
-            "data.metrics",
-            format!("is a JSON {}, not an object", json_kind(metrics)),
-        ));
-    }
     let kind = if event_type == SESSION_CREATED {
-        EventKind::SessionCreated(session_created(
-            &cx,
-            cx.deserialize(Some("data"), data)?,
-            limits,
-        )?)
+        EventKind::SessionCreated(session_created(cx, data.read(cx)?, limits)?)
     } else {
-        EventKind::RunCompleted(run_completed(
-            &cx,
-            cx.deserialize(Some("data"), data)?,
-            limits,
-        )?)
+        EventKind::RunCompleted(run_completed(cx, data.read(cx)?, limits)?)
     };
     Ok(Decoded::Event(Event {
         source: envelope.source,
@@ -614,5 +725,191 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    use super::*;
+
+    /// The checked way alone: the text parsed into a [`Value`], then [`decode_event`].
+    fn checked(text: &str, limits: &Limits) -> Option<Result<Decoded, EventError>> {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .map(|value| decode_event(value, None, limits))
+    }
+
+    /// One `"key":value` member, or none: mostly the first of `values` (the usual one), so that
+    /// most events differ from a valid one in a field or two.
+    fn member(key: &str, values: &[&str]) -> BoxedStrategy<Option<String>> {
+        let values: Vec<String> = values.iter().map(|v| format!("\"{key}\":{v}")).collect();
+        let usual = values[0].clone();
+        prop::option::weighted(0.95, prop_oneof![6 => Just(usual), 1 => select(values)]).boxed()
+    }
+
+    /// `{...}` of the members present, in any order, one of them possibly twice (a `Value`
+    /// keeps the last, a struct refuses the duplicate).
+    fn object(members: Vec<BoxedStrategy<Option<String>>>) -> BoxedStrategy<String> {
+        (
+            members,
+            any::<prop::sample::Index>(),
+            prop::bool::weighted(0.1),
+        )
+            .prop_flat_map(|(members, twice, repeat)| {
+                let mut members: Vec<String> = members.into_iter().flatten().collect();
+                if repeat && !members.is_empty() {
+                    members.push(twice.get(&members).clone());
+                }
+                Just(members).prop_shuffle()
+            })
+            .prop_map(|members| format!("{{{}}}", members.join(", ")))
+            .boxed()
+    }
+
+    fn metrics() -> BoxedStrategy<String> {
+        let counts = [
+            "0",
+            "7",
+            "-1",
+            "1.5",
+            "18446744073709551615",
+            "9223372036854775808",
+            "null",
+            "\"3\"",
+        ];
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("[1, 2]".to_owned()),
+            Just("[3]".to_owned()),
+            Just("\"tokens\"".to_owned()),
+            object(vec![
+                member("input_tokens", &counts),
+                member("output_tokens", &counts),
+                member("total_tokens", &counts),
+                member("audio_tokens", &counts),
+                member("audio_total_tokens", &counts),
+                member("cache_read_tokens", &counts),
+                member(
+                    "cost",
+                    &["0.25", "1e-3", "-0.5", "3", "1e400", "null", "\"1\""]
+                ),
+                member("extra", &["{\"a\": [[[]]]}", "\"\\u0000\""]),
+            ]),
+        ]
+        .boxed()
+    }
+
+    fn data() -> BoxedStrategy<String> {
+        let ids = [
+            "\"r1\"",
+            "\"\"",
+            "null",
+            "5",
+            "\"a\\u0000b\"",
+            "\"\\u00e9\\\"q\"",
+        ];
+        let users = ["\"u1\"", "\"\"", "null", "[\"u\"]"];
+        metrics()
+            .prop_flat_map(move |metrics| {
+                object(vec![
+                    member("run_id", &ids),
+                    member("session_id", &ids),
+                    member(
+                        "session_type",
+                        &["\"agent\"", "\"team\"", "\"workflow\"", "\"robot\"", "1"],
+                    ),
+                    member("user_id", &users),
+                    member("parent_run_id", &users),
+                    member("model", &["\"gpt\"", "\"\"", "null", "\"o1\""]),
+                    member("model_id", &["\"gpt\"", "null"]),
+                    member("model_provider", &["\"openai\"", "null", "{}"]),
+                    prop::option::weighted(0.5, Just(format!("\"metrics\":{metrics}"))).boxed(),
+                    member("notes", &["[{\"x\": null}]", "\"\\\\u0000\"", "true"]),
+                    prop::option::weighted(
+                        0.2,
+                        select(vec![
+                            "\"\\u006detrics\":[3]".to_owned(),
+                            "\"\\u006detrics\":{}".to_owned(),
+                        ]),
+                    )
+                    .boxed(),
+                ])
+            })
+            .boxed()
+    }
+
+    fn event() -> BoxedStrategy<String> {
+        prop_oneof![
+            4 => data(),
+            1 => select(vec!["[]", "\"data\"", "null", "7"]).prop_map(str::to_owned),
+        ]
+        .prop_flat_map(|data| {
+            object(vec![
+                member("specversion", &["\"1.0\"", "\"0.3\"", "1"]),
+                member("id", &["\"e1\"", "\"\"", "2", "\"\\u0000\""]),
+                member("source", &["\"agno://app\"", "\"\"", "null"]),
+                prop_oneof![
+                    2 => Just(Some("\"type\":\"agentos.run.completed\"".to_owned())),
+                    2 => Just(Some("\"type\":\"agentos.session.created\"".to_owned())),
+                    1 => member("type", &["\"other\"", "\"\""]),
+                ]
+                .boxed(),
+                member(
+                    "time",
+                    &[
+                        "\"2025-07-31T10:00:00Z\"",
+                        "\"2025-07-31T23:30:00.1234567-05:00\"",
+                        "\"2025-07-31T10:00:00\"",
+                        "\"1999-12-31T23:00:00Z\"",
+                        "0",
+                    ],
+                ),
+                member("data", &[&data]),
+            ])
+        })
+        .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Where the direct way returns an event, the checked way returns the same one.
+        #[test]
+        fn the_direct_way_agrees_with_the_checked_way(text in event()) {
+            let limits = Limits { max_id_chars: 4, ..Limits::default() };
+            if let Some(direct) = decode_direct(text.as_bytes(), None, &limits) {
+                prop_assert_eq!(Some(Ok(direct)), checked(&text, &limits), "{}", text);
+            }
+        }
+    }
+
+    /// The direct way takes the common event, and leaves to the checked way what it cannot
+    /// vouch for.
+    #[test]
+    fn the_direct_way_gives_up_on_what_it_cannot_vouch_for() {
+        let limits = Limits::default();
+        let event = r#"{"specversion":"1.0","id":"e","source":"s","type":"agentos.run.completed","time":"2025-07-31T10:00:00Z","data":{"run_id":"r","session_id":"s","session_type":"agent","metrics":{"input_tokens":3}}}"#;
+        assert_eq!(
+            decode_direct(event.as_bytes(), None, &limits),
+            checked(event, &limits).and_then(Result::ok)
+        );
+        assert!(decode_direct(event.as_bytes(), None, &limits).is_some());
+        let session = r#"{"specversion":"1.0","id":"e","source":"s","type":"agentos.session.created","time":"2025-07-31T10:00:00Z","data":{"session_id":"s","session_type":"team","user_id":"u"}}"#;
+        assert!(decode_direct(session.as_bytes(), None, &limits).is_some());
+        for text in [
+            event.replace(r#""id":"e""#, r#""id":"e","id":"f""#),
+            event.replace(r#"{"input_tokens":3}"#, "[3]"),
+            event.replace(r#""r""#, r#""r\u0000""#),
+            event.replace("}}}", r#"},"deep":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}"#),
+            format!("[{event}]"),
+        ] {
+            assert_eq!(decode_direct(text.as_bytes(), None, &limits), None, "{text}");
+        }
+        // An escaped backslash before `u0000` is no NUL.
+        let text = event.replace(r#""r""#, r#""r\\u0000""#);
+        assert!(decode_direct(text.as_bytes(), None, &limits).is_some());
     }
 }

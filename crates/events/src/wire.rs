@@ -8,7 +8,11 @@
 
 use chrono::{DateTime, FixedOffset};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::event::SessionType;
 
@@ -123,8 +127,49 @@ pub struct RunCompletedData {
     #[schemars(length(max = 256))]
     pub model_provider: Option<String>,
     /// The run's own usage, not its children's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object_or_null"
+    )]
     pub metrics: Option<RunMetrics>,
+}
+
+/// `metrics` as an object or `null`: serde reads a struct from an array too (by position), and
+/// the contract wants an object.
+fn object_or_null<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<RunMetrics>, D::Error> {
+    struct ObjectOrNull;
+
+    impl<'de> Visitor<'de> for ObjectOrNull {
+        type Value = Option<RunMetrics>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an object or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RunMetrics::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_option(ObjectOrNull)
 }
 
 /// A run's usage. Agno's run-metrics names and the `/metrics` contract's names are both accepted;
