@@ -84,7 +84,7 @@ pub fn apply(
     conn.transaction(|conn| apply_in_transaction(conn, table, events))
 }
 
-fn apply_in_transaction(
+pub(crate) fn apply_in_transaction(
     conn: &mut PgConnection,
     table: TableId,
     events: &[Event],

@@ -6,6 +6,8 @@
 //! - [`register_table`] and [`TableName`] name the metrics table a deployment writes.
 //! - [`apply`] rolls a batch of events into the rows in one transaction; the rows depend only on
 //!   the set of distinct events, never on their order, timing or repetition.
+//! - [`stage`] stores a batch of events in the inbox with one insert, and [`apply_staged`]
+//!   applies and deletes the stored events later in large batches (`inbox.rs`).
 //! - [`read`] returns a table's rows for a date range, with the table-wide latest change;
 //!   [`read_user`] one user's rows; [`read_rendered`] the same rows as the JSON the writer
 //!   rendered for each ([`render_day`]), joined in the database.
@@ -21,6 +23,7 @@
 
 mod apply;
 mod error;
+mod inbox;
 mod migrate;
 mod models;
 mod plan;
@@ -35,6 +38,9 @@ mod tables;
 
 pub use apply::{ApplyReport, apply};
 pub use error::{ApplyError, MigrateError, PoolError};
+pub use inbox::{
+    RefusedEvent, Staged, StagedReport, apply_staged, forget, refused_events, stage, staged_count,
+};
 pub use metrics_events::Tokens;
 pub use migrate::{migrate, revert_all};
 pub use models::{DailyMetrics, ModelCount};

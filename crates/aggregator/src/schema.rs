@@ -38,6 +38,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    inbox (id) {
+        id -> Int8,
+        table_id -> Int4,
+        event -> Bytea,
+        element -> Bool,
+        routing_key -> Text,
+        properties -> Bytea,
+        refused -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     metrics_refreshes (table_id) {
         table_id -> Int4,
         status -> Text,
@@ -135,6 +147,7 @@ diesel::joinable!(user_daily_metrics -> metrics_tables (table_id));
 diesel::allow_tables_to_appear_in_same_query!(
     daily_metrics,
     day_users,
+    inbox,
     metrics_refreshes,
     metrics_tables,
     runs,

@@ -6,6 +6,7 @@
 
 mod concurrency;
 mod errors;
+mod inbox;
 mod migrations;
 mod property;
 mod read;

@@ -7,7 +7,7 @@ use metrics_aggregator::{migrate, revert_all};
 use metrics_test_support::TestDatabase;
 
 /// The migrations in `crates/aggregator/migrations`.
-const MIGRATIONS: usize = 6;
+const MIGRATIONS: usize = 7;
 
 #[derive(QueryableByName)]
 struct Count {
