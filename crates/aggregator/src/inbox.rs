@@ -283,3 +283,15 @@ pub fn staged_count(conn: &mut PgConnection, table: TableId) -> QueryResult<i64>
         .get_result::<Count>(conn)
         .map(|count| count.count)
 }
+
+/// Whether the inbox holds any row, staged or refused, of any metrics table.
+///
+/// # Errors
+///
+/// The statement's error.
+pub fn inbox_holds_events(conn: &mut PgConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        crate::schema::inbox::table.select(crate::schema::inbox::id),
+    ))
+    .get_result(conn)
+}

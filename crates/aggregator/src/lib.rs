@@ -39,7 +39,8 @@ mod tables;
 pub use apply::{ApplyReport, apply};
 pub use error::{ApplyError, MigrateError, PoolError};
 pub use inbox::{
-    RefusedEvent, Staged, StagedReport, apply_staged, forget, refused_events, stage, staged_count,
+    RefusedEvent, Staged, StagedReport, apply_staged, forget, inbox_holds_events, refused_events,
+    stage, staged_count,
 };
 pub use metrics_events::Tokens;
 pub use migrate::{migrate, revert_all};

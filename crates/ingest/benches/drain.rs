@@ -157,6 +157,12 @@ fn ingest(settings: &Settings, database: &TestDatabase, runs: i64) -> (Duration,
             settings.batch.max_events.to_string(),
         )
         .env("METRICS_BATCH__WAIT_MS", settings.batch.wait_ms.to_string())
+        .env("METRICS_INBOX__ENABLED", settings.inbox.enabled.to_string())
+        .env(
+            "METRICS_INBOX__APPLY_EVENTS",
+            settings.inbox.apply_events.to_string(),
+        )
+        .env("METRICS_INBOX__WAIT_MS", settings.inbox.wait_ms.to_string())
         .env("METRICS_ADMIN__LISTEN", "127.0.0.1:0")
         .env("METRICS_LOG__LEVEL", "warn")
         .stdout(Stdio::null())

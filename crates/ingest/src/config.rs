@@ -36,6 +36,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// Batching of deliveries into transactions.
     pub batch: BatchSettings,
+    /// Staging events in the inbox and applying them later.
+    pub inbox: InboxSettings,
     /// Size limits of the event contract.
     pub limits: LimitsSettings,
     /// Waits between attempts after a failure.
@@ -121,6 +123,25 @@ pub struct BatchSettings {
     /// Most bytes of message bodies held at once; caps the prefetch (`consumer::prefetch`).
     #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub memory_bytes: usize,
+}
+
+/// `[inbox]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InboxSettings {
+    /// Whether batches are staged in the inbox and acknowledged before they are applied.
+    pub enabled: bool,
+    /// Most events applied from the inbox in one transaction.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
+    pub apply_events: usize,
+    /// Most bytes of staged events read into one transaction (past the first).
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
+    pub apply_bytes: usize,
+    /// How long the applier waits, once its consumer has staged a batch, for more to share the
+    /// transaction, in milliseconds.
+    pub wait_ms: u64,
+    /// How often the applier looks for staged events nobody told it of, in milliseconds.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
+    pub poll_ms: u64,
 }
 
 /// `[limits]`: see [`Limits`].

@@ -12,12 +12,18 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use diesel::RunQueryDsl;
-use metrics_aggregator::{ApplyError, ApplyReport, Pool, TableId, TableName};
-use metrics_events::Event;
+use std::ops::Range;
+
+use diesel::{PgConnection, RunQueryDsl};
+use lapin::message::Delivery;
+use metrics_aggregator::{
+    ApplyError, ApplyReport, Pool, RefusedEvent, Staged, StagedReport, TableId, TableName,
+};
+use metrics_events::{Decoded, Event, Limits, decode_message};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::DatabaseSettings;
+use crate::consumer::error_chain;
 
 /// How long a readiness probe waits for a connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -125,9 +131,127 @@ impl Database {
         self: &Arc<Self>,
         events: Arc<[Event]>,
     ) -> (Result<ApplyReport, DatabaseError>, Duration) {
+        self.run(move |conn, table| {
+            metrics_aggregator::apply(conn, table, &events).map_err(DatabaseError::Apply)
+        })
+        .await
+    }
+
+    /// Stores `staging`'s events in the inbox with one insert (`inbox.enabled`). Returns how
+    /// long it took.
+    ///
+    /// # Errors
+    ///
+    /// [`DatabaseError`]; nothing was stored.
+    pub async fn stage(
+        self: &Arc<Self>,
+        staging: Arc<Staging>,
+    ) -> (Result<(), DatabaseError>, Duration) {
+        self.run(move |conn, table| {
+            let events = staging.rows();
+            metrics_aggregator::stage(conn, table, &events)
+                .map_err(|err| DatabaseError::Apply(err.into()))
+        })
+        .await
+    }
+
+    /// Applies the oldest staged events, `max_events` and about `max_bytes` at most, decoding
+    /// them with `limits` (see [`metrics_aggregator::apply_staged`]).
+    ///
+    /// # Errors
+    ///
+    /// [`DatabaseError`]; nothing was applied.
+    pub async fn apply_staged(
+        self: &Arc<Self>,
+        max_events: usize,
+        max_bytes: usize,
+        limits: Limits,
+    ) -> (Result<StagedReport, DatabaseError>, Duration) {
+        self.run(move |conn, table| {
+            metrics_aggregator::apply_staged(
+                conn,
+                table,
+                max_events,
+                max_bytes,
+                |bytes| decode_staged(bytes, &limits),
+                refusal,
+            )
+            .map_err(DatabaseError::Apply)
+        })
+        .await
+    }
+
+    /// Whether the inbox holds anything at all, staged or refused, of any metrics table; asked
+    /// without registering the table, so it writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`DatabaseError`].
+    pub async fn inbox_holds_events(self: &Arc<Self>) -> Result<bool, DatabaseError> {
+        self.run_plain(|conn| {
+            metrics_aggregator::inbox_holds_events(conn)
+                .map_err(|err| DatabaseError::Apply(err.into()))
+        })
+        .await
+        .0
+    }
+
+    /// Up to `limit` staged events refused for good, waiting for their dead letters.
+    ///
+    /// # Errors
+    ///
+    /// [`DatabaseError`].
+    pub async fn refused_events(
+        self: &Arc<Self>,
+        limit: usize,
+    ) -> Result<Vec<RefusedEvent>, DatabaseError> {
+        self.run(move |conn, table| {
+            metrics_aggregator::refused_events(conn, table, limit)
+                .map_err(|err| DatabaseError::Apply(err.into()))
+        })
+        .await
+        .0
+    }
+
+    /// Deletes refused events whose dead letters the broker has confirmed.
+    ///
+    /// # Errors
+    ///
+    /// [`DatabaseError`].
+    pub async fn forget(self: &Arc<Self>, ids: Vec<i64>) -> Result<usize, DatabaseError> {
+        self.run(move |conn, _| {
+            metrics_aggregator::forget(conn, &ids).map_err(|err| DatabaseError::Apply(err.into()))
+        })
+        .await
+        .0
+    }
+
+    /// Runs `work` as [`Database::run_plain`] does, with the metrics table's id (registering
+    /// the table first if this process has not yet).
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&mut PgConnection, TableId) -> Result<T, DatabaseError> + Send + 'static,
+    ) -> (Result<T, DatabaseError>, Duration) {
+        let database = Arc::clone(self);
+        self.run_plain(move |conn| {
+            let table = database.table_id(conn)?;
+            work(conn, table)
+        })
+        .await
+    }
+
+    /// Runs `work` on the blocking pool with a pooled connection, within the deadline; returns
+    /// its result and how long it took. After a timeout the pool is replaced.
+    async fn run_plain<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&mut PgConnection) -> Result<T, DatabaseError> + Send + 'static,
+    ) -> (Result<T, DatabaseError>, Duration) {
         let database = Arc::clone(self);
         let started = Instant::now();
-        let worker = tokio::task::spawn_blocking(move || database.apply_blocking(&events));
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut conn = database.pool().get().map_err(DatabaseError::Connect)?;
+            work(&mut conn)
+        });
         let result = match tokio::time::timeout(self.deadline, worker).await {
             Ok(joined) => joined
                 .map_err(DatabaseError::Worker)
@@ -141,19 +265,16 @@ impl Database {
         (result, elapsed)
     }
 
-    fn apply_blocking(&self, events: &[Event]) -> Result<ApplyReport, DatabaseError> {
-        let mut conn = self.pool().get().map_err(DatabaseError::Connect)?;
+    /// The metrics table's id, registered on first use.
+    fn table_id(&self, conn: &mut PgConnection) -> Result<TableId, DatabaseError> {
         let cached = *self.table_id.lock().unwrap_or_else(PoisonError::into_inner);
-        let table_id = match cached {
-            Some(id) => id,
-            None => {
-                let id = metrics_aggregator::register_table(&mut conn, &self.table)
-                    .map_err(DatabaseError::Register)?;
-                *self.table_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(id);
-                id
-            }
-        };
-        metrics_aggregator::apply(&mut conn, table_id, events).map_err(DatabaseError::Apply)
+        if let Some(id) = cached {
+            return Ok(id);
+        }
+        let id = metrics_aggregator::register_table(conn, &self.table)
+            .map_err(DatabaseError::Register)?;
+        *self.table_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(id);
+        Ok(id)
     }
 
     /// Whether a connection can be had and answers `SELECT 1`.
@@ -165,5 +286,98 @@ impl Database {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+/// A batch's events as the inbox stores them: where each one's bytes are in its delivery, and
+/// each delivery's properties serialised (serde JSON), for the dead letter should the database
+/// refuse the event after its delivery was acknowledged.
+#[derive(Debug)]
+pub struct Staging {
+    /// The batch's deliveries.
+    pub deliveries: Arc<[Delivery]>,
+    /// The serialised properties of each delivery.
+    pub properties: Vec<Vec<u8>>,
+    /// The events, in order.
+    pub events: Vec<StagedAt>,
+}
+
+/// Where a staged event's bytes are.
+#[derive(Debug, Clone)]
+pub struct StagedAt {
+    /// Its delivery, by index in the batch.
+    pub delivery: usize,
+    /// Its bytes in the delivery's body: all of it, or its element of a batch.
+    pub bytes: Range<usize>,
+    /// Whether it is an element of a batch message.
+    pub element: bool,
+}
+
+impl Staging {
+    fn rows(&self) -> Vec<Staged<'_>> {
+        self.events
+            .iter()
+            .filter_map(|at| {
+                let delivery = self.deliveries.get(at.delivery)?;
+                Some(Staged {
+                    event: delivery.data.get(at.bytes.clone())?,
+                    element: at.element,
+                    routing_key: delivery.routing_key.as_str(),
+                    properties: self.properties.get(at.delivery)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A staged event read back: its bytes were one valid event when staged, and decode the same
+/// way now unless the limits changed in between.
+fn decode_staged(bytes: &[u8], limits: &Limits) -> Result<Option<Event>, String> {
+    let message = decode_message(bytes, limits).map_err(|err| error_chain(&err))?;
+    match message.events.into_iter().next() {
+        Some(Ok(Decoded::Event(event))) => Ok(Some(event)),
+        Some(Ok(Decoded::Ignored(_))) => Ok(None),
+        Some(Err(err)) => Err(err.to_string()),
+        None => Err("a staged event holds no event".to_owned()),
+    }
+}
+
+/// The reason in the dead letter of a staged event the database refused for good: the same as
+/// for an event refused while its delivery was still held.
+pub fn refusal(event: &Event, err: &ApplyError) -> String {
+    // `DatabaseError::Apply`'s chain, as `isolate::Refusal` writes it.
+    format!(
+        "event `{}`: could not be counted: writing the batch: {}",
+        event.id,
+        error_chain(err)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_staged_refusal_reads_as_one_refused_while_held() {
+        let event = metrics_events::Event {
+            source: "agno://test".to_owned(),
+            id: "e1".to_owned(),
+            time: chrono::DateTime::UNIX_EPOCH,
+            kind: metrics_events::EventKind::SessionCreated(metrics_events::SessionCreated {
+                session_id: "s1".to_owned(),
+                session_type: metrics_events::SessionType::Agent,
+                user_id: None,
+            }),
+        };
+        let overflow = || ApplyError::Overflow {
+            date: chrono::NaiveDate::MIN,
+        };
+        assert_eq!(
+            refusal(&event, &overflow()),
+            format!(
+                "event `e1`: could not be counted: {}",
+                error_chain(&DatabaseError::Apply(overflow()))
+            )
+        );
     }
 }

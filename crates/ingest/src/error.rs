@@ -44,6 +44,9 @@ pub enum SessionError {
     /// Shutdown came while the database was failing; the batch stays unacknowledged.
     #[error("shutting down before the batch could be written")]
     Abandoned,
+    /// The inbox could not be read or updated while dead-lettering refused events.
+    #[error("reading the inbox's refused events")]
+    Database(#[source] crate::database::DatabaseError),
     /// A blocking task panicked or was aborted.
     #[error("a database worker stopped")]
     Worker(#[source] tokio::task::JoinError),

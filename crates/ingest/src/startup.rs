@@ -20,6 +20,7 @@ use crate::admin::Health;
 use crate::config::{Settings, redacted_url};
 use crate::consumer::{self, Context};
 use crate::database::Database;
+use crate::inbox;
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
 
@@ -50,8 +51,14 @@ impl Application {
         settings.validate()?;
         let table = settings.table_name()?;
         let listen = settings.admin_listen()?;
+        // The inbox's applier holds a connection of its own while it applies, beside the one
+        // that writes batches and the one that answers probes.
+        let mut database_settings = settings.database.clone();
+        if settings.inbox.enabled {
+            database_settings.pool_size += 1;
+        }
         let database = Arc::new(
-            Database::new(&settings.database, table).context("preparing the database pool")?,
+            Database::new(&database_settings, table).context("preparing the database pool")?,
         );
         let metrics = Metrics::new();
         let health = Arc::new(Health::new(
@@ -70,6 +77,7 @@ impl Application {
             database,
             metrics,
             health,
+            inbox: crate::inbox::Signals::default(),
         });
         Ok(Self {
             admin_port,
@@ -110,6 +118,8 @@ impl Application {
             messaging.destination.name = %context.topology.queue,
             "metrics-ingest started"
         );
+        let applier_stop = CancellationToken::new();
+        let mut applier = tokio::spawn(inbox::run(Arc::clone(&context), applier_stop.clone()));
         let mut consumer = tokio::spawn(consumer::run(Arc::clone(&context), shutdown.clone()));
         // The consumer only returns once `shutdown` is cancelled, but a join handle must not be
         // polled again after it has completed, so remember whether it already has.
@@ -121,12 +131,27 @@ impl Application {
         context.metrics.set_ready(false);
         info!("shutdown requested: draining");
         let drain = Duration::from_millis(context.settings.shutdown.timeout_ms);
-        if !finished && tokio::time::timeout(drain, &mut consumer).await.is_err() {
+        let deadline = tokio::time::Instant::now() + drain;
+        if !finished
+            && tokio::time::timeout_at(deadline, &mut consumer)
+                .await
+                .is_err()
+        {
             warn!(
                 timeout_ms = context.settings.shutdown.timeout_ms,
                 "draining took too long; closing with deliveries unacknowledged (they return to the queue)"
             );
             consumer.abort();
+        }
+        // The consumer has settled its last batch: the applier applies what is staged in the
+        // time left, and leaves the rest staged for the next applier.
+        applier_stop.cancel();
+        if tokio::time::timeout_at(deadline, &mut applier)
+            .await
+            .is_err()
+        {
+            warn!("applying the inbox took too long; the rest stays staged for the next applier");
+            applier.abort();
         }
         server_handle.stop(true).await;
         let _ = server_task.await;

@@ -28,6 +28,9 @@ pub enum Outcome {
     Retried,
     /// Redelivered up to half the delivery limit: moved to the tail of the queue (`requeue`).
     Requeued,
+    /// Stored in the inbox and acknowledged; counted as applied or duplicate once the applier
+    /// has folded it (`inbox.enabled`).
+    Staged,
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Retried => "retried",
             Outcome::Requeued => "requeued",
+            Outcome::Staged => "staged",
         }
     }
 
@@ -69,7 +73,8 @@ impl Metrics {
         registry.register(
             "metrics_ingest_deliveries",
             "Deliveries by outcome, a batch message counting once per event: applied, \
-             duplicate, ignored, dead_lettered, retried (once per attempt that failed transiently)",
+             duplicate, ignored, dead_lettered, retried (once per attempt that failed transiently), \
+             requeued, staged (stored in the inbox; applied or duplicate once applied)",
             events.clone(),
         );
         let batch_events = Histogram::new([

@@ -3,15 +3,16 @@
 
 use std::ops::Range;
 
-use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
 use tokio::time::timeout;
 use tracing::warn;
 
 use super::{BROKER_TIMEOUT, Context};
 use crate::error::SessionError;
+use crate::telemetry::Outcome;
 
 /// The header carrying the reason of a dead letter (`events.md`).
 pub const ERROR_HEADER: &str = "x-metrics-error";
@@ -98,28 +99,52 @@ pub(super) async fn publish(
     deliveries: &[Delivery],
     dead_letters: &[DeadLetter],
 ) -> Result<(), SessionError> {
-    if dead_letters.is_empty() {
-        return Ok(());
-    }
-    let exchange = context.topology.dead_letter_exchange.as_str();
-    let mut confirms = Vec::with_capacity(dead_letters.len());
-    for dead in dead_letters {
-        let Some(delivery) = deliveries.get(dead.delivery) else {
-            continue;
-        };
-        let mut properties = delivery.properties.clone();
+    let letters = dead_letters.iter().filter_map(|dead| {
+        let delivery = deliveries.get(dead.delivery)?;
         // The original bytes, never a re-encoding (`events.md`): the whole body, or the batch
         // element's own JSON text.
-        let body = match &dead.carried {
-            Carried::Body => delivery.data.as_slice(),
-            Carried::Element(span) => {
-                properties = properties.with_content_type(EVENT_CONTENT_TYPE.into());
-                delivery.data.get(span.clone()).unwrap_or_default()
-            }
+        let (body, element) = match &dead.carried {
+            Carried::Body => (delivery.data.as_slice(), false),
+            Carried::Element(span) => (delivery.data.get(span.clone()).unwrap_or_default(), true),
         };
+        Some(Letter {
+            body,
+            element,
+            properties: delivery.properties.clone(),
+            routing_key: delivery.routing_key.clone(),
+            reason: &dead.reason,
+            event_id: dead.event_id.as_deref().unwrap_or(""),
+        })
+    });
+    publish_letters(context, publisher, letters).await
+}
+
+/// One dead letter: the bytes it carries, the original's properties and routing key, and why.
+struct Letter<'a> {
+    body: &'a [u8],
+    /// Whether `body` is one element of a batch (its content type is then a CloudEvent's).
+    element: bool,
+    properties: BasicProperties,
+    routing_key: ShortString,
+    reason: &'a str,
+    event_id: &'a str,
+}
+
+async fn publish_letters(
+    context: &Context,
+    publisher: &DeadLetterChannel,
+    letters: impl Iterator<Item = Letter<'_>>,
+) -> Result<(), SessionError> {
+    let exchange = context.topology.dead_letter_exchange.as_str();
+    let mut confirms = Vec::new();
+    for letter in letters {
+        let mut properties = letter.properties;
+        if letter.element {
+            properties = properties.with_content_type(EVENT_CONTENT_TYPE.into());
+        }
         let headers = dead_letter_headers(
             properties.headers().as_ref(),
-            &dead.reason,
+            letter.reason,
             header_budget(publisher.frame_max),
         );
         properties = properties.with_headers(headers);
@@ -127,23 +152,23 @@ pub(super) async fn publish(
             properties = properties.with_delivery_mode(PERSISTENT);
         }
         warn!(
-            event.id = dead.event_id.as_deref().unwrap_or(""),
-            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
-            reason = %dead.reason,
+            event.id = letter.event_id,
+            messaging.rabbitmq.destination.routing_key = %letter.routing_key,
+            reason = %letter.reason,
             "dead-lettering bad input"
         );
         let confirm = publisher
             .channel
             .basic_publish(
                 exchange.into(),
-                delivery.routing_key.clone(),
+                letter.routing_key,
                 // `mandatory`: a dead letter that no queue takes comes back (`basic.return`)
                 // and is an error, never a silent drop (AMQP 0-9-1 reference, `basic.publish`).
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                body,
+                letter.body,
                 properties,
             )
             .await
@@ -165,6 +190,60 @@ pub(super) async fn publish(
         }
     }
     Ok(())
+}
+
+/// Staged events read back per round of [`publish_refused`].
+const REFUSED_PER_ROUND: usize = 64;
+
+/// Dead-letters the staged events the database refused for good after their deliveries were
+/// acknowledged (`inbox.enabled`), from what the inbox kept of each: its bytes, its delivery's
+/// routing key and properties, and the reason. Each is deleted from the inbox once the broker
+/// has confirmed its dead letter: a crash in between dead-letters it twice, never loses it.
+/// Returns how many were dead-lettered.
+///
+/// # Errors
+///
+/// A broker failure, or [`SessionError::Database`] when the inbox cannot be read or updated.
+pub(super) async fn publish_refused(
+    context: &Context,
+    publisher: &DeadLetterChannel,
+) -> Result<usize, SessionError> {
+    let mut published = 0;
+    loop {
+        let refused = context
+            .database
+            .refused_events(REFUSED_PER_ROUND)
+            .await
+            .map_err(SessionError::Database)?;
+        if refused.is_empty() {
+            return Ok(published);
+        }
+        let letters = refused.iter().map(|event| {
+            let reason = event.refused.as_deref().unwrap_or_default();
+            Letter {
+                body: &event.event,
+                element: event.element,
+                // Kept by `settle::store` from the delivery's own; a row written by hand that
+                // does not parse still gets its dead letter, with no properties but the reason.
+                properties: serde_json::from_slice(&event.properties).unwrap_or_default(),
+                routing_key: event.routing_key.as_str().into(),
+                reason,
+                event_id: reason
+                    .strip_prefix("event `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map_or("", |(id, _)| id),
+            }
+        });
+        publish_letters(context, publisher, letters).await?;
+        let ids: Vec<i64> = refused.iter().map(|event| event.id).collect();
+        context
+            .database
+            .forget(ids)
+            .await
+            .map_err(SessionError::Database)?;
+        context.metrics.count(Outcome::DeadLettered, refused.len());
+        published += refused.len();
+    }
 }
 
 /// Room for a dead letter's headers in a `frame_max` content-header frame: the frame's own

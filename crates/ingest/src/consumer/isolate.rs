@@ -17,6 +17,8 @@ use crate::error::SessionError;
 pub(super) enum Written {
     /// Committed: counted, or a duplicate of one counted before.
     Stored(EventOutcome),
+    /// Committed to the inbox, to be applied later (`inbox.enabled`).
+    Staged,
     /// Refused for good by the database.
     Refused(Refusal),
 }

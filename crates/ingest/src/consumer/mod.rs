@@ -3,7 +3,8 @@
 //! Invariants:
 //!
 //! - **Ack only after commit.** A delivery is acknowledged only once its events are committed
-//!   (or it was dead-lettered with a broker confirm). Anything not acknowledged when a channel
+//!   (applied, or with `inbox.enabled` stored in the inbox for the applier, module
+//!   [`crate::inbox`]), or it was dead-lettered with a broker confirm. Anything not acknowledged when a channel
 //!   dies goes back to the queue and is redelivered; `apply` is idempotent, so it counts once.
 //! - **One batch written at a time, the next one gathered meanwhile.** Deliveries arrive in
 //!   delivery-tag order and batches are settled strictly in order, so when a batch is settled
@@ -41,10 +42,12 @@
 //! - `gather`: deliveries into a `gather::Batch` of decoded `gather::Pending` messages.
 //! - `settle`: sorts a batch into events to write and `dead_letter::DeadLetter`s, writes and
 //!   dead-letters them at once, then acknowledges the batch with one `multiple` ack.
-//! - `write`: one `write::Attempt` of `apply`, retried while the failure is transient.
+//! - `write`: one `write::Attempt` of `apply` (or of staging in the inbox), retried while the
+//!   failure is transient.
 //! - `isolate`: a batch the database refuses for good is written event by event, so only the
 //!   event at fault ends as an `isolate::Written::Refused`.
-//! - `dead_letter`: publishes dead letters in confirm mode, headers trimmed to the frame size.
+//! - `dead_letter`: publishes dead letters in confirm mode, headers trimmed to the frame size;
+//!   also those of staged events the applier refused, from what the inbox kept of them.
 //! - `budget`: the prefetch cap, and the count of body bytes held (`metrics_ingest_held_bytes`).
 
 mod budget;
@@ -94,6 +97,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Readiness.
     pub health: Arc<Health>,
+    /// The signals between the consumer and the inbox's applier.
+    pub inbox: crate::inbox::Signals,
     /// The waits between attempts to write to PostgreSQL, shared by every batch so that the
     /// escalation survives from one batch to the next until the database has worked for a while.
     pub database_backoff: Mutex<Backoff>,

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::budget::{Budget, prefetch};
-use super::dead_letter::DeadLetterChannel;
+use super::dead_letter::{DeadLetterChannel, publish_refused};
 use super::gather::{Gathered, Gatherer};
 use super::requeue::read_deliveries;
 use super::settle::settle;
-use super::{CLOSE_TIMEOUT, Context};
+use super::{CLOSE_TIMEOUT, Context, error_chain};
 use crate::config::redacted_url;
 use crate::error::SessionError;
 
@@ -178,6 +178,7 @@ impl Session {
         } = self;
         let consumer_tag = consumer.tag();
         let (mut deliveries, reader) = read_deliveries(context, &publisher.channel, consumer);
+        let refused = tokio::spawn(dead_letter_refused(Arc::clone(context), publisher.clone()));
         let result = run(
             context,
             shutdown,
@@ -190,6 +191,7 @@ impl Session {
         .await;
         // Deliveries it still holds return to the queue with the channel.
         reader.abort();
+        refused.abort();
         context.health.set_channel(None);
         let _ = timeout(
             CLOSE_TIMEOUT,
@@ -271,6 +273,33 @@ async fn run(
                 return Err(err);
             }
         }
+    }
+}
+
+/// Dead-letters the staged events the applier refused, when it says so, and once at the start
+/// of the session for those an earlier session left (`inbox.enabled`); ends with the session.
+async fn dead_letter_refused(context: Arc<Context>, publisher: DeadLetterChannel) {
+    let mut pending = context.settings.inbox.enabled;
+    loop {
+        if pending {
+            match publish_refused(&context, &publisher).await {
+                Ok(0) => {}
+                Ok(published) => info!(
+                    published,
+                    "dead-lettered staged events the database refused"
+                ),
+                Err(err) => {
+                    warn!(
+                        error = %error_chain(&err),
+                        "dead-lettering refused staged events failed; trying again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(context.settings.inbox.poll_ms)).await;
+                    continue;
+                }
+            }
+        }
+        context.inbox.refused_notified().await;
+        pending = true;
     }
 }
 

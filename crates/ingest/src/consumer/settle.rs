@@ -10,13 +10,15 @@ use metrics_aggregator::EventOutcome;
 use metrics_events::{Decoded, Event, Message};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::budget::Held;
 use super::dead_letter::{self, Carried, DeadLetter, DeadLetterChannel};
 use super::gather::{Batch, Pending};
 use super::isolate::{Written, write_isolating};
+use super::write::{Attempt, retrying};
 use super::{BROKER_TIMEOUT, Context, error_chain};
+use crate::database::{StagedAt, Staging};
 use crate::error::SessionError;
 use crate::telemetry::Outcome;
 
@@ -116,6 +118,7 @@ impl Sorted {
 struct Tally {
     counted: usize,
     duplicates: usize,
+    staged: usize,
     refused: Vec<DeadLetter>,
 }
 
@@ -126,6 +129,7 @@ impl Tally {
             match written {
                 Written::Stored(EventOutcome::Counted) => tally.counted += 1,
                 Written::Stored(EventOutcome::Duplicate) => tally.duplicates += 1,
+                Written::Staged => tally.staged += 1,
                 Written::Refused(refusal) => tally.refused.push(DeadLetter {
                     delivery,
                     carried,
@@ -174,9 +178,11 @@ async fn settle_batch(
         return Ok(());
     };
     context.health.batch_started();
+    let acker = last.acker.clone();
+    let deliveries: Arc<[Delivery]> = deliveries.into();
 
     let (written, published) = tokio::join!(
-        write_isolating(context, events, shutdown),
+        store(context, events, &origins, &deliveries, shutdown),
         dead_letter::publish(context, publisher, &deliveries, &dead_letters),
     );
     published?;
@@ -187,7 +193,6 @@ async fn settle_batch(
     // The bodies are of no more use: they are released before the acknowledgement, which lets
     // the broker push the next deliveries at once. Released after it, the next bodies could
     // arrive while these were still held: up to a batch of bodies over the byte budget.
-    let acker = last.acker.clone();
     drop(deliveries);
     drop(held);
     let acked = timeout(
@@ -207,14 +212,69 @@ async fn settle_batch(
     let metrics = &context.metrics;
     metrics.count(Outcome::Applied, tally.counted);
     metrics.count(Outcome::Duplicate, tally.duplicates);
+    metrics.count(Outcome::Staged, tally.staged);
     metrics.count(Outcome::Ignored, ignored);
     metrics.count(Outcome::DeadLettered, dead_lettered);
     debug!(
         counted = tally.counted,
         duplicates = tally.duplicates,
+        staged = tally.staged,
         ignored,
         dead_lettered,
         "batch settled"
     );
     Ok(())
+}
+
+/// Writes a batch's events: staged in the inbox when `inbox.enabled` (one insert; applied later
+/// by the applier, module `inbox`), else applied at once. A batch the inbox refuses for good is
+/// applied at once instead, so an event the database cannot take is still isolated and
+/// dead-lettered while its delivery is held.
+async fn store(
+    context: &Context,
+    events: Vec<Event>,
+    origins: &[Origin],
+    deliveries: &Arc<[Delivery]>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Written>, SessionError> {
+    if context.settings.inbox.enabled && !events.is_empty() {
+        let staging = Arc::new(Staging {
+            deliveries: Arc::clone(deliveries),
+            properties: deliveries
+                .iter()
+                .map(|delivery| serde_json::to_vec(&delivery.properties).unwrap_or_default())
+                .collect(),
+            events: origins
+                .iter()
+                .map(|origin| match &origin.carried {
+                    Carried::Body => StagedAt {
+                        delivery: origin.delivery,
+                        bytes: 0..deliveries.get(origin.delivery).map_or(0, |d| d.data.len()),
+                        element: false,
+                    },
+                    Carried::Element(span) => StagedAt {
+                        delivery: origin.delivery,
+                        bytes: span.clone(),
+                        element: true,
+                    },
+                })
+                .collect(),
+        });
+        match retrying(context, events.len(), shutdown, || {
+            context.database.stage(Arc::clone(&staging))
+        })
+        .await?
+        {
+            Attempt::Committed(()) => {
+                context.inbox.staged();
+                return Ok(events.iter().map(|_| Written::Staged).collect());
+            }
+            Attempt::Refused(err) => warn!(
+                error = %error_chain(&err),
+                events = events.len(),
+                "the inbox refused a batch; applying it at once"
+            ),
+        }
+    }
+    write_isolating(context, events, shutdown).await
 }

@@ -10,6 +10,7 @@ mod admin;
 mod commands;
 mod deploy;
 mod faults;
+mod inbox;
 mod lifecycle;
 mod limits;
 mod memory;
