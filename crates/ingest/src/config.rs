@@ -130,6 +130,9 @@ pub struct BatchSettings {
 pub struct InboxSettings {
     /// Whether batches are staged in the inbox and acknowledged before they are applied.
     pub enabled: bool,
+    /// A batch of at least this many events is applied at once, not staged.
+    #[serde(deserialize_with = "at_least::<_, _, 1>")]
+    pub direct_events: usize,
     /// Most events applied from the inbox in one transaction.
     #[serde(deserialize_with = "at_least::<_, _, 1>")]
     pub apply_events: usize,

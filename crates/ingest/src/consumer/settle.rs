@@ -226,8 +226,9 @@ async fn settle_batch(
     Ok(())
 }
 
-/// Writes a batch's events: staged in the inbox when `inbox.enabled` (one insert; applied later
-/// by the applier, module `inbox`), else applied at once. A batch the inbox refuses for good is
+/// Writes a batch's events: staged in the inbox when `inbox.enabled` and the batch holds fewer
+/// than `inbox.direct_events` events (one insert; applied later by the applier, module `inbox`),
+/// else applied at once. A batch the inbox refuses for good is
 /// applied at once instead, so an event the database cannot take is still isolated and
 /// dead-lettered while its delivery is held.
 async fn store(
@@ -237,7 +238,8 @@ async fn store(
     deliveries: &Arc<[Delivery]>,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Written>, SessionError> {
-    if context.settings.inbox.enabled && !events.is_empty() {
+    let inbox = &context.settings.inbox;
+    if inbox.enabled && !events.is_empty() && events.len() < inbox.direct_events {
         let staging = Arc::new(Staging {
             deliveries: Arc::clone(deliveries),
             properties: deliveries

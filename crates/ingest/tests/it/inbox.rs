@@ -45,6 +45,7 @@ async fn staged_events_count_once_and_a_refused_one_is_dead_lettered_as_received
     let broker = TestBroker::new().await;
     let mut settings = settings(&database, &broker);
     settings.inbox.enabled = true;
+    settings.inbox.direct_events = 100;
     settings.inbox.apply_events = 50;
     settings.inbox.poll_ms = 50;
     declare(&broker, &settings).await;
@@ -135,9 +136,35 @@ async fn staged_events_count_once_and_a_refused_one_is_dead_lettered_as_received
         }
     })
     .await;
+    // A batch of `inbox.direct_events` events or more is applied at once, never staged.
+    let large: Vec<serde_json::Value> = (0..100)
+        .map(|i| {
+            run_completed(
+                &format!("big{i}"),
+                &format!("rbig{i}"),
+                "s-big",
+                "yan",
+                day(6),
+                1,
+            )
+        })
+        .collect();
+    broker
+        .publish("agentos.batch", &body(&serde_json::Value::Array(large)))
+        .await;
+    expected.push(DaySummary {
+        date: day(6),
+        agent_runs: 100,
+        agent_sessions: 1,
+        users: 1,
+        input_tokens: 100,
+        output_tokens: 100,
+        model_runs: 100,
+    });
+    wait_for_rows(&database, &expected).await;
     let metrics = &service.metrics;
     assert_eq!(metrics.counted(Outcome::Staged), 300 + 30 + 3);
-    assert_eq!(metrics.counted(Outcome::Applied), 300 + 2);
+    assert_eq!(metrics.counted(Outcome::Applied), 300 + 2 + 100);
     assert_eq!(metrics.counted(Outcome::Duplicate), 30);
     assert_eq!(metrics.counted(Outcome::DeadLettered), 1);
     service.stop().await;
