@@ -24,6 +24,8 @@ pub struct Health {
     draining: AtomicBool,
     database: Arc<Database>,
     progress: Mutex<Progress>,
+    /// The inbox's applier (`inbox.enabled`): since when it has failed, and why.
+    applier: Mutex<Progress>,
     stall_timeout: Duration,
 }
 
@@ -45,6 +47,7 @@ impl Health {
             draining: AtomicBool::new(false),
             database,
             progress: Mutex::new(Progress::default()),
+            applier: Mutex::new(Progress::default()),
             stall_timeout,
         }
     }
@@ -95,6 +98,42 @@ impl Health {
         Some(reason)
     }
 
+    /// The inbox's applier failed: the clock of its stall test starts, unless it already runs.
+    pub fn applier_failed(&self, reason: String) {
+        let mut applier = self.applier.lock().unwrap_or_else(PoisonError::into_inner);
+        applier.busy_since.get_or_insert_with(Instant::now);
+        applier.last_error = Some(reason);
+    }
+
+    /// The inbox's applier applied (or found nothing to apply).
+    pub fn applier_succeeded(&self) {
+        *self.applier.lock().unwrap_or_else(PoisonError::into_inner) = Progress::default();
+    }
+
+    /// Why the inbox's applier has failed for longer than the stall timeout, if it has: staged
+    /// events are acknowledged and safe, but no longer counted.
+    fn applier_stalled(&self) -> Option<String> {
+        let mut applier = self.applier.lock().unwrap_or_else(PoisonError::into_inner);
+        let waited = applier.busy_since?.elapsed();
+        if waited < self.stall_timeout {
+            return None;
+        }
+        let reason = format!(
+            "the inbox's applier has failed for {} s: {}",
+            waited.as_secs(),
+            applier.last_error.as_deref().unwrap_or("unknown")
+        );
+        if !applier.reported {
+            applier.reported = true;
+            error!(
+                stalled_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                reason = %reason,
+                "staged events are not being applied; reporting not ready"
+            );
+        }
+        Some(reason)
+    }
+
     /// Sets (or clears) the consuming channel.
     pub fn set_channel(&self, channel: Option<Channel>) {
         *self.channel.lock().unwrap_or_else(PoisonError::into_inner) = channel;
@@ -110,7 +149,7 @@ impl Health {
         if self.draining.load(Ordering::SeqCst) {
             return Err("draining".to_owned());
         }
-        if let Some(reason) = self.stalled() {
+        if let Some(reason) = self.stalled().or_else(|| self.applier_stalled()) {
             return Err(reason);
         }
         let connected = self
@@ -181,4 +220,37 @@ pub async fn probe(addr: SocketAddr, path: &str, wait: Duration) -> std::io::Res
     tokio::task::spawn_blocking(move || admin::get(addr, &path, wait))
         .await
         .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Settings;
+
+    fn health(stall_timeout: Duration) -> Health {
+        let settings = Settings::from_sources(None, Some(HashMap::new())).unwrap();
+        let database = Database::new(&settings.database, settings.table_name().unwrap()).unwrap();
+        Health::new(Arc::new(database), stall_timeout)
+    }
+
+    #[tokio::test]
+    async fn an_applier_failing_past_the_stall_timeout_makes_the_service_unready() {
+        let health = health(Duration::from_millis(50));
+        health.applier_failed("applying the inbox: the database is down".to_owned());
+        assert_eq!(health.applier_stalled(), None, "not before the timeout");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // A later failure keeps the clock of the first.
+        health.applier_failed("applying the inbox: still down".to_owned());
+        let reason = health.check().await.unwrap_err();
+        assert!(
+            reason.starts_with(
+                "the inbox's applier has failed for 0 s: applying the inbox: still down"
+            ),
+            "{reason}"
+        );
+        health.applier_succeeded();
+        assert_eq!(health.applier_stalled(), None);
+    }
 }

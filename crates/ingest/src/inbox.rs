@@ -11,7 +11,8 @@
 //!   meanwhile share one transaction), and every `inbox.poll_ms` otherwise (events staged by
 //!   another replica, or left by a process that stopped), and applies until the inbox is empty.
 //! - A transient failure is retried after the backoff; nothing is lost meanwhile: the events
-//!   stay staged.
+//!   stay staged. After `admin.stall_timeout_ms` of failures `/readyz` answers 503 with the
+//!   reason.
 //! - An event the database refuses for good stays staged with the reason, and the consumer's
 //!   session publishes its dead letter (`consumer::dead_letter::publish_refused`).
 //! - On shutdown, once the consumer has settled its last batch, it applies what is staged within
@@ -121,6 +122,7 @@ async fn drain(context: &Context, stop: &CancellationToken) {
         match result {
             Ok(report) => {
                 backoff.succeeded();
+                context.health.applier_succeeded();
                 if failures > 0 {
                     metrics.reconnected("database");
                     info!(
@@ -153,6 +155,9 @@ async fn drain(context: &Context, stop: &CancellationToken) {
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
+                context
+                    .health
+                    .applier_failed(format!("applying the inbox: {}", error_chain(&err)));
                 if failures == 1 {
                     warn!(
                         error = %error_chain(&err),
