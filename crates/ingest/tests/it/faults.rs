@@ -92,12 +92,24 @@ async fn waiting_for_a_lock(database: &TestDatabase) -> i64 {
 /// waiting for a lock), never on a sleep, so the kill lands mid-batch however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_and_restarted_counts_exactly() {
+    killed_mid_stream_and_restarted(false).await;
+}
+
+/// The same with the inbox: the kill also leaves events staged but not applied, which the
+/// restarted process applies with the redeliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_with_the_inbox_counts_exactly() {
+    killed_mid_stream_and_restarted(true).await;
+}
+
+async fn killed_mid_stream_and_restarted(inbox: bool) {
     let database = TestDatabase::migrated();
     let broker = TestBroker::new().await;
     let mut settings = settings(&database, &broker);
     // Small batches, so the stream is still flowing when the process is killed.
     settings.batch.size = 10;
     settings.amqp.prefetch = 50;
+    settings.inbox.enabled = inbox;
     declare(&broker, &settings).await;
     let (bodies, expected) = workload(4000);
     let (before, during, after) = (&bodies[..1500], &bodies[1500..3000], &bodies[3000..]);
@@ -159,11 +171,22 @@ async fn killed_mid_stream_and_restarted_counts_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_queue_count_exactly() {
+    two_instances_on_one_queue(false).await;
+}
+
+/// The same with the inbox: two appliers take turns on the staged events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_queue_with_the_inbox_count_exactly() {
+    two_instances_on_one_queue(true).await;
+}
+
+async fn two_instances_on_one_queue(inbox: bool) {
     let database = TestDatabase::migrated();
     let broker = TestBroker::new().await;
     let mut settings = settings(&database, &broker);
     settings.batch.size = 25;
     settings.amqp.prefetch = 100;
+    settings.inbox.enabled = inbox;
     declare(&broker, &settings).await;
     let first = Running::start(settings.clone()).await;
     let second = Running::start(settings).await;

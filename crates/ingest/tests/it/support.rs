@@ -72,6 +72,7 @@ pub fn environment(settings: &Settings) -> Vec<(String, String)> {
         ("BATCH__WAIT_MS", settings.batch.wait_ms.to_string()),
         ("BACKOFF__MIN_MS", settings.backoff.min_ms.to_string()),
         ("BACKOFF__MAX_MS", settings.backoff.max_ms.to_string()),
+        ("INBOX__ENABLED", settings.inbox.enabled.to_string()),
         ("LOG__LEVEL", "warn".to_owned()),
     ]
     .into_iter()
