@@ -83,12 +83,12 @@ impl Gatherer<'_> {
             if expired && !in_flight.is_busy() {
                 return Gathered::Ready(batch);
             }
-            let busy = in_flight.is_busy();
+            let writing = in_flight.is_writing();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Gathered::Stopping(batch),
                 err = self.lost.wait() => return Gathered::Closed(err),
-                () = in_flight.finished(), if busy => {}
+                () = in_flight.finished(), if writing => {}
                 next = self.deliveries.recv() => match next {
                     Some(Ok(delivery)) => {
                         if let Err(err) = self.take(delivery, &mut batch, &mut deadline, wait).await {

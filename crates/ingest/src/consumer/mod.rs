@@ -7,10 +7,12 @@
 //!   [`crate::inbox`]), or it was dead-lettered with a broker confirm. Anything not acknowledged when a channel
 //!   dies goes back to the queue and is redelivered; `apply` is idempotent, so it counts once.
 //! - **One batch written at a time, the next one gathered meanwhile.** Deliveries arrive in
-//!   delivery-tag order and batches are settled strictly in order, so when a batch is settled
-//!   every earlier tag is settled too and one `basic.ack` with `multiple` covers the whole batch
-//!   (AMQP 0-9-1 reference, `basic.ack`). Gathering the next batch while the previous one is in
-//!   the database overlaps broker and database work instead of adding them up.
+//!   delivery-tag order and batches are acknowledged strictly in order, so when a batch is
+//!   acknowledged every earlier tag is settled too and one `basic.ack` with `multiple` covers the
+//!   whole batch (AMQP 0-9-1 reference, `basic.ack`). Gathering the next batch while the
+//!   previous one is in the database overlaps broker and database work instead of adding them
+//!   up. With the inbox, whose inserts conflict with nothing, two batches are written at once;
+//!   the second waits for the first's acknowledgement before its own (`session::Order`).
 //! - **Bad input never blocks the queue.** An undecodable or invalid message (or batch element)
 //!   is dead-lettered with the reason and acknowledged; the valid events of a batch still count.
 //! - **Transient database failures never lose or spin.** The batch stays unacknowledged and

@@ -1,6 +1,7 @@
 //! One session with the broker: connect, declare, open the channels, then gather and settle
 //! batches until shutdown or failure, and close.
 
+use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, Event};
 use secrecy::ExposeSecret;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -227,18 +229,23 @@ async fn run(
         budget: &budget,
         batch_size,
     };
-    let mut in_flight = InFlight::default();
+    // With the inbox a batch is staged with one insert that conflicts with no other: two are
+    // written at once (acknowledged in order), so that one's commit and acknowledgement overlap
+    // the other's.
+    let mut in_flight = InFlight::new(if context.settings.inbox.enabled { 2 } else { 1 });
     loop {
         match gatherer.gather(&mut in_flight, shutdown).await {
             Gathered::Ready(batch) => {
-                in_flight.wait_unless(lost).await?;
+                in_flight.wait_for_room_unless(lost).await?;
+                let after = in_flight.chain();
                 let task = settle(
                     Arc::clone(context),
                     publisher.clone(),
                     batch,
+                    after,
                     shutdown.clone(),
                 );
-                in_flight.handle = Some(tokio::spawn(task));
+                in_flight.handles.push_back(tokio::spawn(task));
             }
             Gathered::Stopping(batch) => {
                 // Stop the flow first; deliveries already pushed but not gathered go back to
@@ -248,7 +255,7 @@ async fn run(
                     channel.basic_cancel(consumer_tag.clone(), BasicCancelOptions::default()),
                 )
                 .await;
-                in_flight.wait_unless(lost).await?;
+                in_flight.wait_all_unless(lost).await?;
                 info!(
                     deliveries = batch.deliveries.len(),
                     "stopping: settling the batch in hand"
@@ -258,6 +265,7 @@ async fn run(
                         Arc::clone(context),
                         publisher.clone(),
                         batch,
+                        Order::first(),
                         CancellationToken::new(),
                     ))
                     .await?;
@@ -350,50 +358,143 @@ async fn open_channels(
     Ok((channel, publisher, consumer))
 }
 
-/// The batch being written, if any, and how it ended once it has.
-#[derive(Default)]
+/// The batches being written (at most `limit`, in delivery order), and how the first of them
+/// to fail ended.
 pub(super) struct InFlight {
-    handle: Option<JoinHandle<Result<(), SessionError>>>,
+    limit: usize,
+    handles: VecDeque<JoinHandle<Result<(), SessionError>>>,
     result: Option<Result<(), SessionError>>,
+    /// Resolves once the newest batch is acknowledged: the next one acknowledges after it.
+    newest: Option<oneshot::Receiver<()>>,
 }
 
 impl InFlight {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            handles: VecDeque::new(),
+            result: None,
+            newest: None,
+        }
+    }
+
+    /// Whether no more batches may be written until one ends.
     pub(super) fn is_busy(&self) -> bool {
-        self.handle.is_some()
+        self.handles.len() >= self.limit
+    }
+
+    /// Whether any batch is being written.
+    pub(super) fn is_writing(&self) -> bool {
+        !self.handles.is_empty()
     }
 
     pub(super) fn has_failed(&self) -> bool {
         matches!(self.result, Some(Err(_)))
     }
 
-    /// Waits for the batch to end and keeps its result; cancel-safe.
+    /// Waits for the oldest batch to end and keeps its result (the first failure sticks);
+    /// cancel-safe.
     pub(super) async fn finished(&mut self) {
-        if let Some(handle) = self.handle.as_mut() {
+        if let Some(handle) = self.handles.front_mut() {
             let result = handle.await.map_err(SessionError::Worker).and_then(|r| r);
-            self.handle = None;
-            self.result = Some(result);
+            self.handles.pop_front();
+            if !self.has_failed() {
+                self.result = Some(result);
+            }
+        }
+    }
+
+    /// The order of the next batch: acknowledged once the newest one is.
+    fn chain(&mut self) -> Order {
+        let (done, next) = oneshot::channel();
+        Order {
+            after: self.newest.replace(next),
+            done: Some(done),
         }
     }
 
     fn abort(&mut self) {
-        if let Some(handle) = self.handle.take() {
+        for handle in self.handles.drain(..) {
             handle.abort();
         }
     }
 
-    async fn wait(&mut self) -> Result<(), SessionError> {
-        self.finished().await;
-        self.result.take().unwrap_or(Ok(()))
+    fn take_result(&mut self) -> Result<(), SessionError> {
+        match self.result.take() {
+            Some(Err(err)) => Err(err),
+            _ => Ok(()),
+        }
     }
 
-    /// Waits for the batch to end, unless the connection fails first: then the batch can no
-    /// longer be acknowledged, so it is aborted and its deliveries return to the queue.
-    async fn wait_unless(&mut self, lost: &Lost) -> Result<(), SessionError> {
-        let result = lost.unless(self.wait()).await;
+    /// Waits until another batch may be written, unless the connection fails first: then no
+    /// batch can be acknowledged any more, so they are aborted and their deliveries return to
+    /// the queue.
+    async fn wait_for_room_unless(&mut self, lost: &Lost) -> Result<(), SessionError> {
+        let result = lost
+            .unless(async {
+                while self.is_busy() && !self.has_failed() {
+                    self.finished().await;
+                }
+                self.take_result()
+            })
+            .await;
         if result.is_err() {
             self.abort();
         }
         result
+    }
+
+    /// Waits for every batch to end, unless the connection fails first (as above).
+    async fn wait_all_unless(&mut self, lost: &Lost) -> Result<(), SessionError> {
+        let result = lost
+            .unless(async {
+                while self.is_writing() && !self.has_failed() {
+                    self.finished().await;
+                }
+                self.take_result()
+            })
+            .await;
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+}
+
+/// Where a batch stands among those written at once: it is acknowledged only after the one
+/// before it (`multiple` covers every earlier delivery), then lets the next one go.
+pub(super) struct Order {
+    after: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Order {
+    /// A batch with none before it.
+    pub(super) fn first() -> Self {
+        Self {
+            after: None,
+            done: None,
+        }
+    }
+
+    /// Waits for the batch before to be acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::ChannelClosed`] when it ended without being acknowledged: the session is
+    /// ending, and this batch must not be acknowledged either.
+    pub(super) async fn wait_turn(&mut self) -> Result<(), SessionError> {
+        match self.after.take() {
+            Some(after) => after.await.map_err(|_| SessionError::ChannelClosed),
+            None => Ok(()),
+        }
+    }
+
+    /// This batch is acknowledged: the next one may be.
+    pub(super) fn acknowledged(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use super::budget::Held;
 use super::dead_letter::{self, Carried, DeadLetter, DeadLetterChannel};
 use super::gather::{Batch, Pending};
 use super::isolate::{Written, write_isolating};
+use super::session::Order;
 use super::write::{Attempt, retrying};
 use super::{BROKER_TIMEOUT, Context, error_chain};
 use crate::database::{StagedAt, Staging};
@@ -147,6 +148,7 @@ pub(super) async fn settle(
     context: Arc<Context>,
     publisher: DeadLetterChannel,
     batch: Batch,
+    order: Order,
     shutdown: CancellationToken,
 ) -> Result<(), SessionError> {
     let span = info_span!(
@@ -155,7 +157,7 @@ pub(super) async fn settle(
         messaging.destination.name = %context.topology.queue,
         deliveries = batch.deliveries.len(),
     );
-    settle_batch(&context, &publisher, batch, &shutdown)
+    settle_batch(&context, &publisher, batch, order, &shutdown)
         .instrument(span)
         .await
 }
@@ -164,6 +166,7 @@ async fn settle_batch(
     context: &Context,
     publisher: &DeadLetterChannel,
     batch: Batch,
+    mut order: Order,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let Sorted {
@@ -175,6 +178,8 @@ async fn settle_batch(
         held,
     } = Sorted::new(batch);
     let Some(last) = deliveries.last() else {
+        order.wait_turn().await?;
+        order.acknowledged();
         return Ok(());
     };
     context.health.batch_started();
@@ -195,6 +200,9 @@ async fn settle_batch(
     // arrive while these were still held: up to a batch of bodies over the byte budget.
     drop(deliveries);
     drop(held);
+    // Batches written at once are acknowledged in delivery order: a `multiple` ack covers every
+    // earlier delivery, so this one waits for the batch before it.
+    order.wait_turn().await?;
     let acked = timeout(
         BROKER_TIMEOUT,
         acker.ack(BasicAckOptions { multiple: true }),
@@ -207,6 +215,7 @@ async fn settle_batch(
     if !acked {
         return Err(SessionError::ChannelClosed);
     }
+    order.acknowledged();
     context.health.batch_settled();
     let dead_lettered = dead_letters.len() + tally.refused.len();
     let metrics = &context.metrics;
