@@ -82,14 +82,19 @@ pub async fn run(context: Arc<Context>, stop: CancellationToken) {
         return;
     }
     let wait = Duration::from_millis(settings.wait_ms);
+    let mut polled = false;
     loop {
-        drain(&context, &stop).await;
+        // A poll looks first, without the writer lock (whose row lock on `metrics_tables` is a
+        // write): an idle replica then writes nothing.
+        if !(polled && matches!(context.database.inbox_holds_events().await, Ok(false))) {
+            drain(&context, &stop).await;
+        }
         if stop.is_cancelled() {
             break;
         }
-        tokio::select! {
+        polled = tokio::select! {
             biased;
-            () = stop.cancelled() => {}
+            () = stop.cancelled() => false,
             () = context.inbox.staged.notified() => {
                 // More batches arrive meanwhile: one transaction for all of them costs a
                 // fraction of one each.
@@ -97,9 +102,10 @@ pub async fn run(context: Arc<Context>, stop: CancellationToken) {
                     () = stop.cancelled() => {}
                     () = sleep(wait) => {}
                 }
+                false
             }
-            () = sleep(poll) => {}
-        }
+            () = sleep(poll) => true,
+        };
     }
     // The consumer has settled its last batch: what it staged is applied now if time allows.
     drain(&context, &CancellationToken::new()).await;

@@ -253,7 +253,7 @@ async fn store(
             deliveries: Arc::clone(deliveries),
             properties: deliveries
                 .iter()
-                .map(|delivery| serde_json::to_vec(&delivery.properties).unwrap_or_default())
+                .map(|delivery| stored_properties(&delivery.properties))
                 .collect(),
             events: origins
                 .iter()
@@ -288,4 +288,40 @@ async fn store(
         }
     }
     write_isolating(context, events, shutdown).await
+}
+
+/// A delivery's properties as the inbox keeps them for a dead letter: serde JSON of the
+/// properties set, every unset one (a `null`) left out, which reads back as unset.
+fn stored_properties(properties: &lapin::BasicProperties) -> Vec<u8> {
+    match serde_json::to_value(properties) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.retain(|_, value| !value.is_null());
+            serde_json::to_vec(&fields).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::stored_properties;
+
+    #[test]
+    fn stored_properties_leave_out_what_is_unset_and_read_back_whole() {
+        assert_eq!(stored_properties(&BasicProperties::default()), b"{}");
+        let mut headers = FieldTable::default();
+        headers.insert("x-trace".into(), AMQPValue::LongString("t-1".into()));
+        let properties = BasicProperties::default()
+            .with_content_type("application/cloudevents+json".into())
+            .with_message_id("m-1".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let stored = stored_properties(&properties);
+        assert!(!stored.windows(4).any(|w| w == b"null"), "{stored:?}");
+        let read: BasicProperties = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(read, properties);
+    }
 }
