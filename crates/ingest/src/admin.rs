@@ -38,6 +38,32 @@ struct Progress {
     reported: bool,
 }
 
+impl Progress {
+    /// Why no progress was made for `timeout`, if none was (`reason` of the seconds waited and
+    /// the last error); logged as an error, with `log`, once per stall.
+    fn stalled(
+        &mut self,
+        timeout: Duration,
+        reason: impl FnOnce(u64, Option<&str>) -> String,
+        log: &str,
+    ) -> Option<String> {
+        let waited = self.busy_since?.elapsed();
+        if waited < timeout {
+            return None;
+        }
+        let reason = reason(waited.as_secs(), self.last_error.as_deref());
+        if !self.reported {
+            self.reported = true;
+            error!(
+                stalled_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                reason = %reason,
+                "{log}"
+            );
+        }
+        Some(reason)
+    }
+}
+
 impl Health {
     /// Not ready until a channel is set; not ready either while a batch has waited more than
     /// `stall_timeout` to be settled.
@@ -74,28 +100,16 @@ impl Health {
 
     /// Why the consumer has made no progress for longer than the stall timeout, if it has not.
     pub fn stalled(&self) -> Option<String> {
-        let mut progress = self.progress();
-        let waited = progress.busy_since?.elapsed();
-        if waited < self.stall_timeout {
-            return None;
-        }
-        let reason = format!(
-            "no batch settled for {} s: {}",
-            waited.as_secs(),
-            progress
-                .last_error
-                .as_deref()
-                .unwrap_or("the batch in hand is still being written")
-        );
-        if !progress.reported {
-            progress.reported = true;
-            error!(
-                stalled_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-                reason = %reason,
-                "the consumer makes no progress; reporting not ready"
-            );
-        }
-        Some(reason)
+        self.progress().stalled(
+            self.stall_timeout,
+            |seconds, error| {
+                format!(
+                    "no batch settled for {seconds} s: {}",
+                    error.unwrap_or("the batch in hand is still being written")
+                )
+            },
+            "the consumer makes no progress; reporting not ready",
+        )
     }
 
     /// The inbox's applier failed: the clock of its stall test starts, unless it already runs.
@@ -113,25 +127,19 @@ impl Health {
     /// Why the inbox's applier has failed for longer than the stall timeout, if it has: staged
     /// events are acknowledged and safe, but no longer counted.
     fn applier_stalled(&self) -> Option<String> {
-        let mut applier = self.applier.lock().unwrap_or_else(PoisonError::into_inner);
-        let waited = applier.busy_since?.elapsed();
-        if waited < self.stall_timeout {
-            return None;
-        }
-        let reason = format!(
-            "the inbox's applier has failed for {} s: {}",
-            waited.as_secs(),
-            applier.last_error.as_deref().unwrap_or("unknown")
-        );
-        if !applier.reported {
-            applier.reported = true;
-            error!(
-                stalled_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-                reason = %reason,
-                "staged events are not being applied; reporting not ready"
-            );
-        }
-        Some(reason)
+        self.applier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stalled(
+                self.stall_timeout,
+                |seconds, error| {
+                    format!(
+                        "the inbox's applier has failed for {seconds} s: {}",
+                        error.unwrap_or("unknown")
+                    )
+                },
+                "staged events are not being applied; reporting not ready",
+            )
     }
 
     /// Sets (or clears) the consuming channel.

@@ -149,8 +149,7 @@ impl Database {
     ) -> (Result<(), DatabaseError>, Duration) {
         self.run(move |conn, table| {
             let events = staging.rows();
-            metrics_aggregator::stage(conn, table, &events)
-                .map_err(|err| DatabaseError::Apply(err.into()))
+            metrics_aggregator::stage(conn, table, &events).map_err(statement_failed)
         })
         .await
     }
@@ -189,8 +188,7 @@ impl Database {
     /// [`DatabaseError`].
     pub async fn inbox_holds_events(self: &Arc<Self>) -> Result<bool, DatabaseError> {
         self.run_plain(|conn| {
-            metrics_aggregator::inbox_holds_events(conn)
-                .map_err(|err| DatabaseError::Apply(err.into()))
+            metrics_aggregator::inbox_holds_events(conn).map_err(statement_failed)
         })
         .await
         .0
@@ -206,8 +204,7 @@ impl Database {
         limit: usize,
     ) -> Result<Vec<RefusedEvent>, DatabaseError> {
         self.run(move |conn, table| {
-            metrics_aggregator::refused_events(conn, table, limit)
-                .map_err(|err| DatabaseError::Apply(err.into()))
+            metrics_aggregator::refused_events(conn, table, limit).map_err(statement_failed)
         })
         .await
         .0
@@ -219,11 +216,9 @@ impl Database {
     ///
     /// [`DatabaseError`].
     pub async fn forget(self: &Arc<Self>, ids: Vec<i64>) -> Result<usize, DatabaseError> {
-        self.run(move |conn, _| {
-            metrics_aggregator::forget(conn, &ids).map_err(|err| DatabaseError::Apply(err.into()))
-        })
-        .await
-        .0
+        self.run(move |conn, _| metrics_aggregator::forget(conn, &ids).map_err(statement_failed))
+            .await
+            .0
     }
 
     /// Runs `work` as [`Database::run_plain`] does, with the metrics table's id (registering
@@ -328,6 +323,11 @@ impl Staging {
             })
             .collect()
     }
+}
+
+/// A failed statement of the inbox's, as `apply`'s would fail (its transient-or-not class).
+fn statement_failed(err: diesel::result::Error) -> DatabaseError {
+    DatabaseError::Apply(err.into())
 }
 
 /// A staged event read back: its bytes were one valid event when staged, and decode the same

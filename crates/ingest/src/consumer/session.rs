@@ -430,25 +430,20 @@ impl InFlight {
     /// batch can be acknowledged any more, so they are aborted and their deliveries return to
     /// the queue.
     async fn wait_for_room_unless(&mut self, lost: &Lost) -> Result<(), SessionError> {
-        let result = lost
-            .unless(async {
-                while self.is_busy() && !self.has_failed() {
-                    self.finished().await;
-                }
-                self.take_result()
-            })
-            .await;
-        if result.is_err() {
-            self.abort();
-        }
-        result
+        self.wait_down_to_unless(self.limit - 1, lost).await
     }
 
     /// Waits for every batch to end, unless the connection fails first (as above).
     async fn wait_all_unless(&mut self, lost: &Lost) -> Result<(), SessionError> {
+        self.wait_down_to_unless(0, lost).await
+    }
+
+    /// Waits until at most `most` batches are being written (or one has failed), unless the
+    /// connection fails first (as above).
+    async fn wait_down_to_unless(&mut self, most: usize, lost: &Lost) -> Result<(), SessionError> {
         let result = lost
             .unless(async {
-                while self.is_writing() && !self.has_failed() {
+                while self.handles.len() > most && !self.has_failed() {
                     self.finished().await;
                 }
                 self.take_result()
