@@ -7,9 +7,10 @@
 //! staged events and deletes them, so every replica may run an applier: they take turns, and
 //! each event is applied once whatever crashes in between.
 //!
-//! - It wakes `inbox.wait_ms` after the consumer has staged a batch (so that the batches staged
-//!   meanwhile share one transaction), and every `inbox.poll_ms` otherwise (events staged by
-//!   another replica, or left by a process that stopped), and applies until the inbox is empty.
+//! - It wakes when the consumer has staged a batch (`inbox.wait_ms` later, if set, so that the
+//!   batches staged meanwhile share one transaction; those staged while it applies share the
+//!   next one anyway), and every `inbox.poll_ms` otherwise (events staged by another replica, or
+//!   left by a process that stopped), and applies until the inbox is empty.
 //! - A transient failure is retried after the backoff; nothing is lost meanwhile: the events
 //!   stay staged. After `admin.stall_timeout_ms` of failures `/readyz` answers 503 with the
 //!   reason.
@@ -97,10 +98,13 @@ pub async fn run(context: Arc<Context>, stop: CancellationToken) {
             () = stop.cancelled() => false,
             () = context.inbox.staged.notified() => {
                 // More batches arrive meanwhile: one transaction for all of them costs a
-                // fraction of one each.
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = sleep(wait) => {}
+                // fraction of one each. (Without a wait, those staged while it applies share
+                // the next one.)
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = sleep(wait) => {}
+                    }
                 }
                 false
             }
