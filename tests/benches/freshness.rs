@@ -6,8 +6,8 @@
 //! cargo bench -p metrics-e2e --bench freshness -- [events per second] [seconds]
 //! ```
 //!
-//! `METRICS_INBOX__*` variables are passed on to ingest (`METRICS_INBOX__ENABLED=true` measures
-//! the inbox, docs/ingest.md).
+//! `METRICS_INBOX__*` variables are passed on to ingest (`metrics_test_support::process`):
+//! `METRICS_INBOX__ENABLED=true` measures the inbox (docs/ingest.md).
 //!
 //! Defaults: 1,000 events per second for 60 seconds. Every event is a run of its own, so the
 //! day's `agent_runs_count` is the number of events applied; ingest consumes one queue in
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use metrics_events::{Event, EventKind, RunCompleted, SessionType, Tokens, Usage};
 use metrics_publisher::{OutgoingMessage, Publisher, PublisherOptions};
-use metrics_test_support::process::{IngestTarget, KEY, Service};
+use metrics_test_support::process::{KEY, Service};
 use metrics_test_support::{TestBroker, TestDatabase};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -73,15 +73,7 @@ async fn main() {
 
     let db = TestDatabase::migrated();
     let broker = TestBroker::new().await;
-    // The service's `inbox.*` settings, when the command line sets them (`METRICS_INBOX__ENABLED=true`).
-    let inbox: Vec<(String, String)> = std::env::vars()
-        .filter(|(key, _)| key.starts_with("METRICS_INBOX__"))
-        .collect();
-    let inbox: Vec<(&str, &str)> = inbox
-        .iter()
-        .map(|(key, value)| (key.as_str(), value.as_str()))
-        .collect();
-    let mut ingest = Service::ingest_at(&IngestTarget::new(&db, &broker), &inbox);
+    let mut ingest = Service::ingest(&db, &broker);
     let mut query = Service::query(&db);
     ingest.ready().await;
     query.ready().await;

@@ -141,22 +141,26 @@ impl Service {
         command
             .args(args)
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        // Passed on from the caller when it sets them: glibc's malloc tuning (the container
+        // image sets `MALLOC_MMAP_THRESHOLD_`, and the benchmarks measure the services with it),
+        // and ingest's inbox settings (`METRICS_INBOX__ENABLED=true scripts/test.sh` runs every
+        // end-to-end and fault test with the inbox on). The process's own settings win.
+        let passed_on = |key: &str| {
+            key.starts_with("MALLOC_")
+                || (name == "metrics-ingest" && key.starts_with("METRICS_INBOX__"))
+        };
+        for (key, value) in std::env::vars_os() {
+            if key.to_str().is_some_and(passed_on) {
+                command.env(key, value);
+            }
+        }
+        command
             .envs(env)
             .env("METRICS_ADMIN__LISTEN", "127.0.0.1:0")
             .env("METRICS_LOG__FORMAT", "json");
         if has_http {
             command.env("METRICS_HTTP__LISTEN", "127.0.0.1:0");
-        }
-        // glibc's malloc tuning, when the caller sets it: the container image sets
-        // `MALLOC_MMAP_THRESHOLD_`, and the benchmarks measure the services with it.
-        for (name, value) in std::env::vars_os() {
-            if name
-                .to_str()
-                .is_some_and(|name| name.starts_with("MALLOC_"))
-            {
-                command.env(name, value);
-            }
         }
         let mut child = command
             .stdout(Stdio::from(out.try_clone().unwrap()))
