@@ -35,6 +35,9 @@ pub(super) struct Batch {
     pub deliveries: Vec<Pending>,
     /// Events in them, an undecodable body counting as one.
     pub events: usize,
+    /// Whether it filled up (`batch.size` deliveries or `batch.max_events` events) before its
+    /// wait passed: deliveries arrive faster than the batches are written.
+    pub full: bool,
 }
 
 /// How gathering ended.
@@ -75,8 +78,11 @@ impl Gatherer<'_> {
         loop {
             if batch.deliveries.len() >= self.batch_size
                 || batch.events >= settings.batch.max_events
-                || in_flight.has_failed()
             {
+                batch.full = true;
+                return Gathered::Ready(batch);
+            }
+            if in_flight.has_failed() {
                 return Gathered::Ready(batch);
             }
             let expired = deadline.is_some_and(|deadline| Instant::now() >= deadline);

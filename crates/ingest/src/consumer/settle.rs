@@ -169,6 +169,7 @@ async fn settle_batch(
     mut order: Order,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
+    let full = batch.full;
     let Sorted {
         events,
         origins,
@@ -187,7 +188,7 @@ async fn settle_batch(
     let deliveries: Arc<[Delivery]> = deliveries.into();
 
     let (written, published) = tokio::join!(
-        store(context, events, &origins, &deliveries, shutdown),
+        store(context, events, &origins, &deliveries, full, shutdown),
         dead_letter::publish(context, publisher, &deliveries, &dead_letters),
     );
     published?;
@@ -235,9 +236,11 @@ async fn settle_batch(
     Ok(())
 }
 
-/// Writes a batch's events: staged in the inbox when `inbox.enabled` and the batch holds fewer
-/// than `inbox.direct_events` events (one insert; applied later by the applier, module `inbox`),
-/// else applied at once. A batch the inbox refuses for good is
+/// Writes a batch's events: staged in the inbox (one insert; applied later by the applier, module
+/// `inbox`) when `inbox.enabled`, the batch filled up before its wait passed (`full`: the
+/// deliveries come faster than batches are written) and it holds fewer than
+/// `inbox.direct_events` events; else applied at once, which costs one transaction where
+/// staging costs two, and counts the events sooner. A batch the inbox refuses for good is
 /// applied at once instead, so an event the database cannot take is still isolated and
 /// dead-lettered while its delivery is held.
 async fn store(
@@ -245,10 +248,11 @@ async fn store(
     events: Vec<Event>,
     origins: &[Origin],
     deliveries: &Arc<[Delivery]>,
+    full: bool,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Written>, SessionError> {
     let inbox = &context.settings.inbox;
-    if inbox.enabled && !events.is_empty() && events.len() < inbox.direct_events {
+    if inbox.enabled && full && !events.is_empty() && events.len() < inbox.direct_events {
         let staging = Arc::new(Staging {
             deliveries: Arc::clone(deliveries),
             properties: deliveries

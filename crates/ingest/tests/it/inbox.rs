@@ -48,6 +48,8 @@ async fn staged_events_count_once_and_a_refused_one_is_dead_lettered_as_received
     settings.inbox.direct_events = 100;
     settings.inbox.apply_events = 50;
     settings.inbox.poll_ms = 50;
+    // Batches of one delivery are full as soon as they start: every batch is staged.
+    settings.batch.size = 1;
     declare(&broker, &settings).await;
     let service = Running::start(settings).await;
 
@@ -167,6 +169,54 @@ async fn staged_events_count_once_and_a_refused_one_is_dead_lettered_as_received
     assert_eq!(metrics.counted(Outcome::Applied), 300 + 2 + 100);
     assert_eq!(metrics.counted(Outcome::Duplicate), 30);
     assert_eq!(metrics.counted(Outcome::DeadLettered), 1);
+    service.stop().await;
+    broker.cleanup().await;
+}
+
+/// Staged only while the deliveries come faster than batches are written: a batch that fills up
+/// is staged, one whose wait passed first is applied at once (one transaction, not two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_batches_are_staged_and_the_others_applied_at_once() {
+    let database = TestDatabase::migrated();
+    let broker = TestBroker::new().await;
+    let mut settings = settings(&database, &broker);
+    settings.inbox.enabled = true;
+    settings.inbox.poll_ms = 50;
+    settings.amqp.prefetch = 24;
+    settings.batch.size = 12;
+    // Long enough for a queued backlog to fill every batch, whatever the machine's load.
+    settings.batch.wait_ms = 2000;
+    declare(&broker, &settings).await;
+    let (bodies, expected) = workload(27);
+    // A backlog before the start: two batches of 12, both full.
+    broker
+        .publish_all(
+            "agentos.run.completed",
+            bodies[..24].iter().map(Vec::as_slice),
+        )
+        .await;
+    let service = Running::start(settings).await;
+    let metrics = &service.metrics;
+    eventually(DEADLINE, || async {
+        match metrics.counted(Outcome::Applied) {
+            24 => Ok(()),
+            applied => Err(applied),
+        }
+    })
+    .await;
+    assert_eq!(metrics.counted(Outcome::Staged), 24);
+    // Three more: their batch's wait passes before it fills.
+    broker
+        .publish_all(
+            "agentos.run.completed",
+            bodies[24..].iter().map(Vec::as_slice),
+        )
+        .await;
+    wait_for_rows(&database, &expected).await;
+    assert_eq!(metrics.counted(Outcome::Staged), 24);
+    assert_eq!(metrics.counted(Outcome::Applied), 27);
+    assert_eq!(metrics.counted(Outcome::Duplicate), 0);
+    assert_eq!(inbox_rows(&database).await, 0);
     service.stop().await;
     broker.cleanup().await;
 }
