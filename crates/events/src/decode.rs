@@ -217,9 +217,9 @@ pub fn decode_message(body: &[u8], limits: &Limits) -> Result<Message, MessageEr
             spans.push(start..start + text.len());
             events.push(match decode_direct(text.as_bytes(), Some(index), limits) {
                 Some(decoded) => Ok(decoded),
-                // The raw text is well-formed JSON; only nesting past serde_json's recursion
-                // limit can fail here, and that refuses the whole body as it would a single
-                // event.
+                // The raw text is well-formed JSON; only what a `Value` cannot hold (nesting past
+                // serde_json's recursion limit, a number beyond a double's range) can fail here,
+                // and that refuses the whole body as it would a single event.
                 None => decode_event(
                     serde_json::from_str::<Value>(text).map_err(MessageError::NotJson)?,
                     Some(index),
@@ -360,9 +360,10 @@ const DIRECT_MAX_DEPTH: usize = 64;
 /// way returns. It gives up on:
 ///
 /// - a text that is not an object, or whose `data` is not one;
-/// - a `\u0000` escape anywhere (the checked way names the field holding the NUL) and nesting
+/// - a `\u0000` escape anywhere (the checked way names the field holding the NUL), nesting
 ///   deeper than [`DIRECT_MAX_DEPTH`] (serde_json skips unknown fields at any depth, but the
-///   checked way's `Value` stops at 128 levels);
+///   checked way's `Value` stops at 128 levels), and a number beyond a double's range
+///   anywhere (`1e400`: skipped unread, but no `Value` holds it);
 /// - any error of serde_json (a duplicated attribute, which a `Value` takes the last of, among
 ///   them) and any failed check.
 fn decode_direct(text: &[u8], index: Option<usize>, limits: &Limits) -> Option<Decoded> {
@@ -377,14 +378,26 @@ fn decode_direct(text: &[u8], index: Option<usize>, limits: &Limits) -> Option<D
     validate(&cx, envelope, limits).ok()
 }
 
-/// Whether `text` holds no `\u0000` escape in a string and nests arrays and objects at most
-/// [`DIRECT_MAX_DEPTH`] deep. Reads JSON's lexical structure only: malformed text is serde_json's
-/// to refuse.
+/// Whether `text` holds no `\u0000` escape in a string, nests arrays and objects at most
+/// [`DIRECT_MAX_DEPTH`] deep and holds no number beyond a double's range. Reads JSON's lexical
+/// structure only: malformed text is serde_json's to refuse.
 fn is_plain(text: &[u8]) -> bool {
     let mut depth = 0usize;
     let mut bytes = text.iter();
     while let Some(&byte) = bytes.next() {
         match byte {
+            b'-' | b'0'..=b'9' => {
+                let rest = bytes.as_slice();
+                let len = rest
+                    .iter()
+                    .take_while(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                    .count();
+                let number = &text[text.len() - rest.len() - 1..text.len() - rest.len() + len];
+                if !is_finite_number(number) {
+                    return false;
+                }
+                bytes = rest[len..].iter();
+            }
             b'"' => loop {
                 match bytes.next() {
                     None | Some(b'"') => break,
@@ -407,6 +420,19 @@ fn is_plain(text: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// Whether a JSON number token stays finite as a double, as serde_json reads it: one with an
+/// exponent or over 300 digits may not (`1e400`), and serde_json refuses those where it builds a
+/// [`Value`]. The short ones every event holds are not parsed.
+fn is_finite_number(token: &[u8]) -> bool {
+    if token.len() <= 300 && !token.iter().any(|b| matches!(b, b'e' | b'E')) {
+        return true;
+    }
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|token| token.parse::<f64>().ok())
+        .is_none_or(f64::is_finite)
 }
 
 /// Decodes one event: `index` is its position in a batch.

@@ -643,6 +643,48 @@ fn deep_nesting_inside_an_event_is_refused_without_overflowing() {
     }
 }
 
+/// A number beyond a double's range (`1e400`) is not JSON any event can be read from, read or
+/// not: a body with one is refused as not JSON, whatever the type of its event, like one nesting
+/// past the parser's limit, batch or not.
+#[test]
+fn numbers_beyond_a_double_are_refused_wherever_they_sit() {
+    let limits = Limits::default();
+    let with_huge = |event: &Value| {
+        let text = serde_json::to_string(event).unwrap();
+        text.replacen("\"data\":{", "\"data\":{\"note\":1e400,", 1)
+    };
+    let mut other = session_created();
+    other["type"] = json!("agentos.tool.called");
+    for event in [session_created(), run_completed(), other] {
+        let body = with_huge(&event);
+        assert!(
+            matches!(
+                decode_message(body.as_bytes(), &limits),
+                Err(MessageError::NotJson(_))
+            ),
+            "{body}"
+        );
+    }
+    // As long as it stays finite, an exponent is a number like any other.
+    let mut tiny = run_completed();
+    tiny["data"]["metrics"]["cost"] = json!(1e-300);
+    let body = serde_json::to_string(&tiny).unwrap();
+    assert!(body.contains("1e-300"), "{body}");
+    let message = decode_message(body.as_bytes(), &limits).unwrap();
+    assert!(matches!(message.events.as_slice(), [Ok(Decoded::Event(_))]));
+
+    let batch = format!(
+        "[{},{},{}]",
+        serde_json::to_string(&session_created()).unwrap(),
+        with_huge(&run_completed()),
+        serde_json::to_string(&run_completed()).unwrap()
+    );
+    let refused = decode_message(batch.as_bytes(), &limits).unwrap_err();
+    assert!(matches!(refused, MessageError::NotJson(_)), "{refused}");
+    let reason = std::error::Error::source(&refused).unwrap().to_string();
+    assert!(reason.starts_with("number out of range"), "{reason}");
+}
+
 /// Absurd dates in every shape: the years 0 and 9999, the edges of chrono's range, and times
 /// that are not dates at all.
 #[test]
