@@ -387,16 +387,15 @@ fn is_plain(text: &[u8]) -> bool {
     while let Some(&byte) = bytes.next() {
         match byte {
             b'-' | b'0'..=b'9' => {
-                let rest = bytes.as_slice();
-                let len = rest
+                let start = text.len() - bytes.len() - 1;
+                let len = text[start..]
                     .iter()
                     .take_while(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
                     .count();
-                let number = &text[text.len() - rest.len() - 1..text.len() - rest.len() + len];
-                if !is_finite_number(number) {
+                if !is_finite_number(&text[start..start + len]) {
                     return false;
                 }
-                bytes = rest[len..].iter();
+                bytes = text[start + len..].iter();
             }
             b'"' => loop {
                 match bytes.next() {

@@ -2,9 +2,9 @@
 //!
 //! With the inbox on, the consumer stores the events of each batch that filled up (a backlog; the
 //! others it applies at once) in the `inbox` table with one insert and acknowledges it; this task
-//! applies them afterwards in transactions of up to
-//! `inbox.apply_events` events (`metrics_aggregator::apply_staged`), where the consumer's batches
-//! are bounded by the prefetch. Each transaction takes the table's writer lock, applies the oldest
+//! applies them afterwards in transactions of up to `inbox.apply_events` events
+//! (`metrics_aggregator::apply_staged`), where the consumer's batches are bounded by the
+//! prefetch. Each transaction takes the table's writer lock, applies the oldest
 //! staged events and deletes them, so every replica may run an applier: they take turns, and
 //! each event is applied once whatever crashes in between.
 //!
